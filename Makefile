@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 
 # gRPC stubs are generated from proto/ and never edited by hand.
 proto: $(STAMP)
-	@if [ -n "$(PROTOS)" ]; then $(BIN)/python -m shared.rpc.build; fi
+	@if [ -n "$(PROTOS)" ]; then $(BIN)/python -m shared.protogen; fi
 
 demo: proto
 	$(BIN)/python -m server.demo

@@ -35,6 +35,9 @@ class TrainResult:
     metrics: dict[str, Any]
     config: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
+    #: a trainer with its own file format (the base model) sets the artifact bytes;
+    #: otherwise the job runner saves ``state`` in the generic method format
+    artifact: bytes | None = None
 
 
 class MethodTrainer(Protocol):

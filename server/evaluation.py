@@ -1,0 +1,129 @@
+"""Evaluate a base model: ID accuracy, OOD detection (near and far), device shift.
+
+The JSON report (``secdood-server eval --json``) has the shape::
+
+    {"id_accuracy": float,
+     "shift": {"clean": acc, "severity": {"1": acc, ..., "5": acc},
+               "per_corruption": {name: {"1": acc, ..., "5": acc}}},
+     "detectors": {name: {"near": {"auroc", "fpr95", "aupr_in", "aupr_out"},
+                          "far": {...}}}}
+
+All numbers are fractions in [0, 1]. ID is the positive class for the OOD
+metrics (see docs/ood.md).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from server.methods.base import ProgressFn, no_progress
+from shared.data.corruptions import CORRUPTIONS, corrupt_clipset
+from shared.data.digit_actions import ClipSet, DigitActionsConfig, load_split
+from shared.models.checkpoint import ModelBundle
+from shared.ood.metrics import accuracy, ood_metrics
+from shared.ood.registry import DETECTORS
+from shared.pipeline import OODPipeline
+
+SEVERITIES = (1, 2, 3, 4, 5)
+
+
+def stratified_subset(clips: ClipSet, n: int, seed: int = 0) -> ClipSet:
+    """About ``n`` clips with every class equally represented (deterministic)."""
+    if n >= len(clips):
+        return clips
+    rng = np.random.default_rng(seed)
+    classes = np.unique(clips.labels)
+    per_class = max(1, n // len(classes))
+    idx = np.concatenate(
+        [rng.permutation(np.flatnonzero(clips.labels == c))[:per_class] for c in classes]
+    )
+    return clips.subset(np.sort(idx))
+
+
+def evaluate(
+    bundle: ModelBundle,
+    data_config: DigitActionsConfig | None = None,
+    detectors: list[str] | None = None,
+    shift_clips: int = 300,
+    corruptions: tuple[str, ...] = CORRUPTIONS,
+    progress: ProgressFn = no_progress,
+) -> dict[str, Any]:
+    """Run the full evaluation and return the JSON-ready report."""
+    data_config = data_config or DigitActionsConfig(seed=bundle.train_config.get("data_seed", 0))
+    pipeline = OODPipeline(bundle)
+    detectors = detectors or sorted(DETECTORS)
+    started = time.perf_counter()
+
+    progress(0.0, "embedding ID test, near-OOD and far-OOD clips")
+    splits = {name: load_split(name, data_config) for name in ("test", "near", "far")}
+    embedded = {name: pipeline.embed_clips(clips.frames) for name, clips in splits.items()}
+    logits = {name: pipeline.score_features(z).logits for name, z in embedded.items()}
+    test_labels = torch.as_tensor(splits["test"].labels)
+    report: dict[str, Any] = {"id_accuracy": accuracy(logits["test"], test_labels)}
+
+    report["detectors"] = {}
+    for name in detectors:
+        scores = {
+            split: pipeline.score_features(embedded[split], detector=name).ood_score.numpy()
+            for split in embedded
+        }
+        report["detectors"][name] = {
+            "near": ood_metrics(scores["test"], scores["near"]),
+            "far": ood_metrics(scores["test"], scores["far"]),
+        }
+
+    progress(0.3, "evaluating the corruption suite")
+    subset = stratified_subset(splits["test"], shift_clips)
+    subset_labels = torch.as_tensor(subset.labels)
+
+    def subset_accuracy(clips: ClipSet) -> float:
+        z = pipeline.embed_clips(clips.frames)
+        return accuracy(pipeline.score_features(z).logits, subset_labels)
+
+    per_corruption: dict[str, dict[str, float]] = {}
+    jobs = [(c, s) for c in corruptions for s in SEVERITIES]
+    for i, (corruption, severity) in enumerate(tqdm(jobs, desc="corruption suite", unit="set")):
+        shifted = corrupt_clipset(subset, corruption, severity, seed=data_config.seed + severity)
+        per_corruption.setdefault(corruption, {})[str(severity)] = subset_accuracy(shifted)
+        progress(0.3 + 0.7 * (i + 1) / len(jobs), f"{corruption} severity {severity}")
+    report["shift"] = {
+        "clean": subset_accuracy(subset),
+        "severity": {
+            str(s): float(np.mean([per_corruption[c][str(s)] for c in corruptions]))
+            for s in SEVERITIES
+        },
+        "per_corruption": per_corruption,
+    }
+    report["eval_seconds"] = round(time.perf_counter() - started, 2)
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The same report as readable tables."""
+    lines = [f"ID accuracy (clean test): {report['id_accuracy']:.4f}", ""]
+    lines.append("OOD detection (ID positive; higher AUROC / lower FPR95 is better)")
+    header = (
+        f"{'detector':<14}{'near AUROC':>11}{'near FPR95':>11}{'far AUROC':>11}{'far FPR95':>11}"
+    )
+    lines += [header, "-" * len(header)]
+    for name, res in report["detectors"].items():
+        near, far = res["near"], res["far"]
+        lines.append(
+            f"{name:<14}{near['auroc']:>11.4f}{near['fpr95']:>11.4f}"
+            f"{far['auroc']:>11.4f}{far['fpr95']:>11.4f}"
+        )
+    shift = report["shift"]
+    lines += ["", f"Device shift: accuracy on corrupted test clips (clean {shift['clean']:.4f})"]
+    header = f"{'corruption':<18}" + "".join(f"{'sev ' + s:>8}" for s in map(str, SEVERITIES))
+    lines += [header, "-" * len(header)]
+    for name, by_severity in shift["per_corruption"].items():
+        lines.append(f"{name:<18}" + "".join(f"{by_severity[str(s)]:>8.3f}" for s in SEVERITIES))
+    lines.append(
+        f"{'mean':<18}" + "".join(f"{shift['severity'][str(s)]:>8.3f}" for s in SEVERITIES)
+    )
+    return "\n".join(lines)

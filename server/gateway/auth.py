@@ -1,0 +1,167 @@
+"""Device authentication as one gRPC server interceptor (Flower style).
+
+No servicer method checks credentials itself. :class:`DeviceAuthInterceptor`
+wraps every handler of the server:
+
+- ``Enroll`` needs metadata ``x-secdood-enrollment-key: <fleet key>``;
+- every other ``DeviceGateway`` call (and any RPC added to it later) needs
+  ``authorization: Bearer <device token>``, a token the registry knows that was
+  issued less than ``token_ttl_seconds`` ago;
+- the standard health and reflection services stay open, so load balancers and
+  ``grpcurl`` work without a token.
+
+The check runs inside the wrapped handler, i.e. on the worker thread that runs
+the RPC (not on the server's polling thread, which must never wait for the
+database). The authenticated device is put into a :class:`contextvars.ContextVar`
+for exactly the duration of that handler; the servicer reads it with
+:func:`current_device`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hmac
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from server.registry import DeviceRecord, Registry
+
+GATEWAY_SERVICE = "secdood.v1.DeviceGateway"
+ENROLL_METHOD = f"/{GATEWAY_SERVICE}/Enroll"
+#: services anyone may call: health checks and reflection carry no device data
+OPEN_SERVICES = (
+    "grpc.health.v1.Health/",
+    "grpc.reflection.v1.ServerReflection/",
+    "grpc.reflection.v1alpha.ServerReflection/",
+)
+
+TOKEN_METADATA = "authorization"
+ENROLLMENT_KEY_METADATA = "x-secdood-enrollment-key"
+MISSING_TOKEN = "missing device token (send metadata 'authorization: Bearer <token>')"
+INVALID_TOKEN = "invalid or expired device token; enrol the device again"
+MISSING_ENROLLMENT_KEY = f"missing enrollment key (send metadata '{ENROLLMENT_KEY_METADATA}')"
+INVALID_ENROLLMENT_KEY = "invalid enrollment key"
+
+_current_device: contextvars.ContextVar[DeviceRecord | None] = contextvars.ContextVar(
+    "secdood_current_device", default=None
+)
+
+Behavior = Callable[[Any, grpc.ServicerContext], Any]
+
+
+def current_device() -> DeviceRecord:
+    """The device that made the RPC being handled; only valid inside an authenticated handler."""
+    device = _current_device.get()
+    if device is None:
+        raise RuntimeError("no authenticated device: called outside a token-protected RPC")
+    return device
+
+
+def _metadata_value(context: grpc.ServicerContext, key: str) -> str | None:
+    for item in context.invocation_metadata() or ():
+        if item.key == key and isinstance(item.value, str):
+            return item.value
+    return None
+
+
+def _iterate_in(context: contextvars.Context, iterator: Iterator[Any]) -> Iterator[Any]:
+    """Advance ``iterator`` inside ``context``, so a streaming handler sees its device too."""
+    while True:
+        try:
+            item = context.run(next, iterator)
+        except StopIteration:
+            return
+        yield item
+
+
+class DeviceAuthInterceptor(grpc.ServerInterceptor):
+    """Admits ``Enroll`` by the fleet enrolment key and everything else by device token."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        enrollment_key: str,
+        token_ttl_seconds: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not isinstance(enrollment_key, str) or not enrollment_key:
+            raise ValueError("enrollment_key must be a non-empty string")
+        if isinstance(token_ttl_seconds, bool) or not isinstance(token_ttl_seconds, int):
+            raise TypeError(f"token_ttl_seconds must be an int, got {token_ttl_seconds!r}")
+        if token_ttl_seconds <= 0:
+            raise ValueError(f"token_ttl_seconds must be positive, got {token_ttl_seconds}")
+        self._registry = registry
+        self._enrollment_key = enrollment_key.encode("utf-8")
+        self._token_ttl_seconds = token_ttl_seconds
+        self._clock = clock
+
+    def token_expires_at(self, device: DeviceRecord) -> int:
+        """Unix seconds after which the device's token is refused (TTL counts from enrolment)."""
+        return int(device.created_at.timestamp()) + self._token_ttl_seconds
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.lstrip("/").startswith(OPEN_SERVICES):
+            return handler
+        admit = self._check_enrollment_key if method == ENROLL_METHOD else self._check_token
+        return _guarded(handler, admit)
+
+    def _check_enrollment_key(self, context: grpc.ServicerContext) -> DeviceRecord | None:
+        presented = _metadata_value(context, ENROLLMENT_KEY_METADATA)
+        if not presented:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, MISSING_ENROLLMENT_KEY)
+        if not hmac.compare_digest(presented.encode("utf-8"), self._enrollment_key):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, INVALID_ENROLLMENT_KEY)
+        return None
+
+    def _check_token(self, context: grpc.ServicerContext) -> DeviceRecord | None:
+        header = _metadata_value(context, TOKEN_METADATA)
+        scheme, _, token = (header or "").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, MISSING_TOKEN)
+        device = self._registry.authenticate_device(token)
+        if device is None or self._clock() >= self.token_expires_at(device):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, INVALID_TOKEN)
+        return device
+
+
+def _guarded(
+    handler: grpc.RpcMethodHandler,
+    admit: Callable[[grpc.ServicerContext], DeviceRecord | None],
+) -> grpc.RpcMethodHandler:
+    """The same handler, but ``admit`` runs first and its device is visible to the servicer."""
+
+    def wrap(behavior: Behavior) -> Behavior:
+        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            device = admit(context)  # aborts the RPC when the caller is not admitted
+            run_context = contextvars.copy_context()
+            run_context.run(_current_device.set, device)
+            result = run_context.run(behavior, request, context)
+            if handler.response_streaming:
+                return _iterate_in(run_context, result)
+            return result
+
+        return guarded
+
+    if handler.request_streaming and handler.response_streaming:
+        make, behavior = grpc.stream_stream_rpc_method_handler, handler.stream_stream
+    elif handler.request_streaming:
+        make, behavior = grpc.stream_unary_rpc_method_handler, handler.stream_unary
+    elif handler.response_streaming:
+        make, behavior = grpc.unary_stream_rpc_method_handler, handler.unary_stream
+    else:
+        make, behavior = grpc.unary_unary_rpc_method_handler, handler.unary_unary
+    return make(
+        wrap(behavior),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

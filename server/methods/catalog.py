@@ -1,0 +1,47 @@
+"""Every method the cloud can train, by name.
+
+Method modules are imported lazily so that listing or validating a method does
+not import every other method's dependencies.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from pydantic import ValidationError
+
+from server.methods.base import MethodTrainer
+
+#: method name → "module:attribute" of its trainer object
+METHOD_PATHS: dict[str, str] = {
+    "secdood_base": "server.training.base_model:TRAINER",
+}
+
+
+class UnknownMethodError(ValueError):
+    """The caller named a method the catalogue does not have."""
+
+
+def method_names() -> list[str]:
+    return sorted(METHOD_PATHS)
+
+
+def get_trainer(name: str) -> MethodTrainer:
+    """The trainer registered as ``name``; a clear error lists the valid names."""
+    if name not in METHOD_PATHS:
+        raise UnknownMethodError(f"unknown method {name!r}; choose one of {method_names()}")
+    module_name, attribute = METHOD_PATHS[name].split(":")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def validate_config(name: str, config: dict[str, Any] | None) -> Any:
+    """Parse ``config`` with the method's pydantic model; ValueError with every problem."""
+    trainer = get_trainer(name)
+    try:
+        return trainer.config_model.model_validate(config or {})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ValueError(f"invalid config for method {name!r}: {problems}") from exc

@@ -1,0 +1,105 @@
+"""``/v1/models``, ``/v1/devices`` and ``/v1/jobs``: thin views over the registry and job runner.
+
+Listing models needs the scoring key; devices and jobs need the admin key.
+Device tokens (and their hashes) never leave the registry.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, status
+
+from server.methods.catalog import UnknownMethodError
+from server.registry import JobState, ModelRecord, NotFoundError
+from server.rest.auth import State, require_admin, require_scoring
+from server.rest.schemas import DeviceView, ErrorBody, JobCreate, JobView, ModelView
+from server.rest.state import ServiceState
+
+router = APIRouter(prefix="/v1", tags=["models, devices and jobs (v1)"])
+
+_AUTH_ERRORS = {code: {"model": ErrorBody} for code in (401, 403)}
+
+
+@router.get(
+    "/models",
+    summary="Every registered model variant",
+    response_model=list[ModelView],
+    responses=_AUTH_ERRORS,
+    dependencies=[Depends(require_scoring)],
+)
+def list_models(state: State, name: str | None = None) -> list[ModelView]:
+    served = state.model
+    return [ModelView.of(record, served) for record in state.registry.list_models(name)]
+
+
+@router.get(
+    "/devices",
+    summary="Every enrolled device (never its token)",
+    response_model=list[DeviceView],
+    responses=_AUTH_ERRORS,
+    dependencies=[Depends(require_admin)],
+)
+def list_devices(state: State) -> list[DeviceView]:
+    return [DeviceView.of(record) for record in state.registry.list_devices()]
+
+
+@router.post(
+    "/jobs",
+    summary="Start a training job in the background",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobView,
+    responses={**_AUTH_ERRORS, 422: {"model": ErrorBody}},
+    dependencies=[Depends(require_admin)],
+)
+def create_job(body: JobCreate, state: State) -> JobView:
+    try:
+        job = state.jobs.submit(body.method, body.config)
+    except (UnknownMethodError, ValueError, TypeError) as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    return _job_view(state, job.id, log=False)
+
+
+@router.get(
+    "/jobs",
+    summary="Every job, newest first (optionally only those in one state)",
+    response_model=list[JobView],
+    responses={**_AUTH_ERRORS, 422: {"model": ErrorBody}},
+    dependencies=[Depends(require_admin)],
+)
+def list_jobs(
+    state: State,
+    state_filter: Annotated[
+        JobState | None, Query(alias="state", description="only jobs in this state")
+    ] = None,
+) -> list[JobView]:
+    served = state.model
+    return [
+        JobView.of(job, _job_model(state, job.model_id), served, log=False)
+        for job in state.registry.list_jobs(state_filter)
+    ]
+
+
+@router.get(
+    "/jobs/{job_id}",
+    summary="One job: state, progress, message, result, model and log",
+    response_model=JobView,
+    responses={**_AUTH_ERRORS, 404: {"model": ErrorBody}},
+    dependencies=[Depends(require_admin)],
+)
+def get_job(job_id: str, state: State) -> JobView:
+    return _job_view(state, job_id, log=True)
+
+
+def _job_view(state: ServiceState, job_id: str, log: bool) -> JobView:
+    job = state.registry.get_job(job_id)
+    return JobView.of(job, _job_model(state, job.model_id), state.model, log=log)
+
+
+def _job_model(state: ServiceState, model_id: int | None) -> ModelRecord | None:
+    if model_id is None:
+        return None
+    try:
+        return state.registry.get_model_by_id(model_id)
+    except NotFoundError:
+        return None

@@ -1,0 +1,46 @@
+"""Server settings from ``SECDOOD_*`` environment variables (pydantic-settings).
+
+Every default works on a laptop: data under ``./.secdood``, SQLite inside it,
+REST on 8000 and gRPC on 50051 on loopback. See docs/operations.md for the full
+list.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All knobs of ``secdood-server``; validated at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="SECDOOD_", extra="ignore")
+
+    data_dir: Path = Field(Path(".secdood"), description="database, artifacts and caches")
+    db_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
+    host: str = Field("127.0.0.1", description="address both servers bind to")
+    rest_port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int = Field(50051, ge=0, le=65535)
+    # Keys and tokens. Unset keys are generated at first start and written (0600) to
+    # data_dir/keys.json so a fresh deployment is never open by accident.
+    enrollment_key: SecretStr | None = None
+    scoring_api_key: SecretStr | None = None
+    admin_api_key: SecretStr | None = None
+    token_ttl_seconds: int = Field(30 * 24 * 3600, gt=0, description="device token lifetime")
+    # TLS for gRPC and REST: both paths or neither.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_upload_bytes: int = Field(64 * 1024 * 1024, gt=0, description="HE context / video cap")
+    bootstrap_model: bool = Field(True, description="train the default model when none exists")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set both SECDOOD_TLS_CERT and SECDOOD_TLS_KEY, or neither")
+        return self
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{(self.data_dir / 'registry.sqlite3').resolve()}"

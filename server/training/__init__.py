@@ -1,0 +1,1 @@
+"""Cloud-side trainers for the SecDOOD models."""

@@ -1,0 +1,1 @@
+"""Model definitions shared by the cloud (training) and the device (inference)."""
