@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 import tenseal
+from support import make_tiny_bundle
 
 from server.gateway import build_grpc_server
 from server.registry import Registry, open_registry
@@ -18,15 +18,6 @@ from server.settings import Settings
 from shared.rpc import gateway_pb2, gateway_pb2_grpc
 
 ENROLLMENT_KEY = "test-enrollment-key"
-ROOT_CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
-
-
-def _root_conftest():
-    """tests/conftest.py as a module of its own name (``import conftest`` would be ambiguous)."""
-    spec = importlib.util.spec_from_file_location("secdood_tests_root_conftest", ROOT_CONFTEST)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +30,7 @@ def registry_template(tmp_path_factory) -> Path:
     from shared.models.checkpoint import bundle_to_bytes
 
     folder = tmp_path_factory.mktemp("registry-template")
-    bundle = _root_conftest().make_tiny_bundle()
+    bundle = make_tiny_bundle()
     with open_registry(None, folder) as template:
         template.register_model(
             "secdood_base", "secdood_base", {"tiny": True}, {}, bundle_to_bytes(bundle)

@@ -1,0 +1,182 @@
+"""``secdood-server serve`` as a real process: both servers, readiness, shutdown, restart.
+
+This runs the exact entrypoint the Docker image uses (``secdood-server serve``)
+on loopback with free ports, talks to it with real clients (httpx, grpcio
+stubs), stops it with SIGTERM and starts it again on the same data directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+import tenseal as ts
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support import make_tiny_bundle
+
+from device_client.gateway_client import GatewayClient
+from server.registry import open_registry
+from shared.models.checkpoint import bundle_to_bytes
+
+KEYS = {"enrollment": "enrol-key", "scoring": "score-key", "admin": "admin-key"}
+SERVER = shutil.which("secdood-server") or str(Path(sys.executable).parent / "secdood-server")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, data_dir: Path, bootstrap: bool = True) -> None:
+        self.rest_port, self.grpc_port = free_port(), free_port()
+        env = dict(
+            os.environ,
+            SECDOOD_DATA_DIR=str(data_dir),
+            SECDOOD_REST_PORT=str(self.rest_port),
+            SECDOOD_GRPC_PORT=str(self.grpc_port),
+            SECDOOD_ENROLLMENT_KEY=KEYS["enrollment"],
+            SECDOOD_SCORING_API_KEY=KEYS["scoring"],
+            SECDOOD_ADMIN_API_KEY=KEYS["admin"],
+            SECDOOD_BOOTSTRAP_MODEL="true" if bootstrap else "false",
+        )
+        self.log = data_dir / f"serve-{self.rest_port}.log"
+        self.proc = subprocess.Popen(
+            [SERVER, "serve"], env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT
+        )
+        self.url = f"http://127.0.0.1:{self.rest_port}"
+
+    def wait_live(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                if httpx.get(f"{self.url}/v2/health/live", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"server not live in {timeout}s:\n{self.log.read_text()}")
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        self.wait_live(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"server not ready in {timeout}s:\n{self.log.read_text()}")
+
+    def terminate(self, timeout: float = 30) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    with open_registry(None, tmp_path) as registry:
+        registry.register_model(
+            "secdood_base", "secdood_base", {}, {}, bundle_to_bytes(make_tiny_bundle())
+        )
+    return tmp_path
+
+
+def grpc_health(port: int) -> int:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+
+
+def public_context() -> bytes:
+    context = ts.context(ts.SCHEME_TYPE.CKKS, 4096, coeff_mod_bit_sizes=[40, 20, 40])
+    context.global_scale = 2**20
+    context.make_context_public()
+    return context.serialize()
+
+
+def test_serve_scores_enrols_and_survives_a_restart(data_dir):
+    server = ServerProcess(data_dir)
+    try:
+        server.wait_ready()
+        assert grpc_health(server.grpc_port) == health_pb2.HealthCheckResponse.SERVING
+        scoring = {"Authorization": f"Bearer {KEYS['scoring']}"}
+        body = {"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32",
+                            "data": [0.5] * 8}]}  # fmt: skip
+        reply = httpx.post(f"{server.url}/v2/models/secdood_base/infer", json=body, headers=scoring)
+        assert reply.status_code == 200, reply.text
+        assert {o["name"] for o in reply.json()["outputs"]} >= {"logits", "ood_score", "is_ood"}
+
+        target = f"127.0.0.1:{server.grpc_port}"
+        with GatewayClient(target) as client:
+            enrolment = client.enroll(KEYS["enrollment"], "cam-1", {"corruption": "fog",
+                                                                    "severity": 3})  # fmt: skip
+        with GatewayClient(target, token=enrolment.token) as client:
+            receipt = client.upload_context(public_context())
+        job = httpx.post(
+            f"{server.url}/v1/jobs",
+            json={"method": "no-such-method"},
+            headers={"Authorization": f"Bearer {KEYS['admin']}"},
+        )
+        assert job.status_code == 422  # unknown method: a clear error, nothing recorded
+        assert server.terminate() == 0
+    finally:
+        server.kill()
+
+    # Same data directory, new process: devices, contexts and models are still there.
+    again = ServerProcess(data_dir)
+    try:
+        again.wait_ready()
+        admin = {"Authorization": f"Bearer {KEYS['admin']}"}
+        devices = httpx.get(f"{again.url}/v1/devices", headers=admin).json()
+        names = [d["name"] for d in (devices["devices"] if "devices" in devices else devices)]
+        assert names == ["cam-1"]
+        with GatewayClient(f"127.0.0.1:{again.grpc_port}", token=enrolment.token) as client:
+            info = client.download_model(data_dir / "downloaded.pt")
+        assert info.name == "secdood_base" and info.version == 1
+        assert again.terminate() == 0
+    finally:
+        again.kill()
+    with open_registry(None, data_dir) as registry:
+        context = registry.current_context(enrolment.device_id)
+        assert context is not None and context.artifact_sha256 == receipt.sha256
+        assert registry.list_jobs() == []
+
+
+def test_without_a_model_the_server_is_live_but_not_ready(tmp_path):
+    server = ServerProcess(tmp_path, bootstrap=False)
+    try:
+        server.wait_live()
+        time.sleep(1.0)
+        assert httpx.get(f"{server.url}/v2/health/ready").status_code == 503
+        assert grpc_health(server.grpc_port) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert server.terminate() == 0
+    finally:
+        server.kill()
+
+
+def test_generated_keys_are_private_and_stable(tmp_path):
+    from server.app import resolve_keys
+    from server.settings import Settings
+
+    first = resolve_keys(Settings(data_dir=tmp_path))
+    second = resolve_keys(Settings(data_dir=tmp_path))
+    assert first.admin_api_key.get_secret_value() == second.admin_api_key.get_secret_value()
+    assert first.admin_api_key.get_secret_value() != first.scoring_api_key.get_secret_value()
+    assert (tmp_path / "keys.json").stat().st_mode & 0o777 == 0o600
+    explicit = resolve_keys(Settings(data_dir=tmp_path, admin_api_key="mine"))
+    assert explicit.admin_api_key.get_secret_value() == "mine"
