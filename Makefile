@@ -17,11 +17,11 @@ help:
 venv: $(STAMP)
 
 # Re-run only when the dependency list changes.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[server,device,dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[server,device,dev]'
 	@touch $(STAMP)
 
 # gRPC stubs are generated from proto/ and never edited by hand.

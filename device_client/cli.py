@@ -153,6 +153,21 @@ def cmd_run(args: argparse.Namespace, state: DeviceState) -> int:
     return 0
 
 
+def cmd_simulate_camera(args: argparse.Namespace, state: DeviceState) -> int:
+    from device_client.simulated_camera import write_simulated_camera
+
+    corruption, severity = args.corruption, args.severity
+    if corruption is None and state.is_enrolled():
+        profile = state.load_identity().profile or {}
+        corruption, severity = profile.get("corruption") or None, profile.get("severity", 0)
+    out = write_simulated_camera(
+        args.out, args.clips, corruption, severity or 0, args.ood_fraction, args.seed
+    )
+    shift = f"{corruption} severity {severity}" if corruption else "no corruption"
+    print(f"wrote {args.clips} clips ({shift}) to {out} (ground truth beside it)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -183,7 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", metavar="FILE", help="score with this artifact file instead")
     run.add_argument("--report", action="store_true", help="send telemetry to the cloud after")
     run.set_defaults(func=cmd_run)
+    _add_simulate_camera(sub)
     return parser
+
+
+def _add_simulate_camera(sub) -> None:
+    sim = sub.add_parser(
+        "simulate-camera", help="write an .mp4 of digit-actions clips seen through a camera shift"
+    )
+    sim.add_argument("--out", required=True, metavar="FILE.mp4")
+    sim.add_argument("--clips", type=int, default=24)
+    sim.add_argument("--corruption", choices=CORRUPTIONS, help="default: the enrolled profile's")
+    sim.add_argument("--severity", type=int, choices=range(1, 6))
+    sim.add_argument("--ood-fraction", type=float, default=0.3)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.set_defaults(func=cmd_simulate_camera)
 
 
 def main(argv: list[str] | None = None) -> int:
