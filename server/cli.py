@@ -6,6 +6,7 @@ Examples::
     secdood-server train --method zil --set epochs=5
     secdood-server eval --json
     secdood-server serve
+    secdood-server export --int8                # int8 variant of the latest base model
 """
 
 from __future__ import annotations
@@ -92,6 +93,21 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from server.export import export_latest_int8
+
+    if not args.int8:
+        raise ValueError("choose an export format: --int8")
+    record = export_latest_int8(open_registry(settings), args.model, args.calibration_clips)
+    print(
+        json.dumps(
+            {"model": record.name, "version": record.version, "variant": record.variant}
+            | {"size_bytes": record.size_bytes, "sha256": record.artifact_sha256}
+        )
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="secdood-server", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -112,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     methods = sub.add_parser("methods", help="list the trainable methods")
     methods.set_defaults(func=cmd_methods)
+
+    export = sub.add_parser("export", help="export the latest base model for devices")
+    export.add_argument("--int8", action="store_true", help="int8 artifact, variant 'int8'")
+    export.add_argument("--model", default=BASE_MODEL)
+    export.add_argument("--calibration-clips", type=int, default=256)
+    export.set_defaults(func=cmd_export)
 
     serve = sub.add_parser("serve", help="start the gRPC gateway and the REST API")
     serve.set_defaults(func=cmd_serve)

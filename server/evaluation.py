@@ -32,6 +32,11 @@ from shared.pipeline import OODPipeline
 SEVERITIES = (1, 2, 3, 4, 5)
 
 
+def data_config_of(bundle: ModelBundle) -> DigitActionsConfig:
+    """The data configuration the model was trained with (its test splits belong to it)."""
+    return DigitActionsConfig(**bundle.train_config.get("data", {}))
+
+
 def stratified_subset(clips: ClipSet, n: int, seed: int = 0) -> ClipSet:
     """About ``n`` clips with every class equally represented (deterministic)."""
     if n >= len(clips):
@@ -45,6 +50,27 @@ def stratified_subset(clips: ClipSet, n: int, seed: int = 0) -> ClipSet:
     return clips.subset(np.sort(idx))
 
 
+def detector_scores(
+    pipeline: OODPipeline, embedded: dict[str, torch.Tensor], detectors: list[str]
+) -> dict[str, dict[str, np.ndarray]]:
+    """``{detector: {split: ood scores}}`` for embeddings of each split."""
+    return {
+        name: {
+            split: pipeline.score_features(z, detector=name).ood_score.numpy()
+            for split, z in embedded.items()
+        }
+        for name in detectors
+    }
+
+
+def embed_splits(
+    pipeline: OODPipeline, data_config: DigitActionsConfig, names=("test", "near", "far")
+) -> tuple[dict[str, ClipSet], dict[str, torch.Tensor]]:
+    """Load each split and embed it with the pipeline's model."""
+    splits = {name: load_split(name, data_config) for name in names}
+    return splits, {name: pipeline.embed_clips(clips.frames) for name, clips in splits.items()}
+
+
 def evaluate(
     bundle: ModelBundle,
     data_config: DigitActionsConfig | None = None,
@@ -54,28 +80,24 @@ def evaluate(
     progress: ProgressFn = no_progress,
 ) -> dict[str, Any]:
     """Run the full evaluation and return the JSON-ready report."""
-    data_config = data_config or DigitActionsConfig(seed=bundle.train_config.get("data_seed", 0))
+    data_config = data_config or data_config_of(bundle)
     pipeline = OODPipeline(bundle)
     detectors = detectors or sorted(DETECTORS)
     started = time.perf_counter()
 
     progress(0.0, "embedding ID test, near-OOD and far-OOD clips")
-    splits = {name: load_split(name, data_config) for name in ("test", "near", "far")}
-    embedded = {name: pipeline.embed_clips(clips.frames) for name, clips in splits.items()}
+    splits, embedded = embed_splits(pipeline, data_config)
     logits = {name: pipeline.score_features(z).logits for name, z in embedded.items()}
     test_labels = torch.as_tensor(splits["test"].labels)
     report: dict[str, Any] = {"id_accuracy": accuracy(logits["test"], test_labels)}
 
-    report["detectors"] = {}
-    for name in detectors:
-        scores = {
-            split: pipeline.score_features(embedded[split], detector=name).ood_score.numpy()
-            for split in embedded
-        }
-        report["detectors"][name] = {
+    report["detectors"] = {
+        name: {
             "near": ood_metrics(scores["test"], scores["near"]),
             "far": ood_metrics(scores["test"], scores["far"]),
         }
+        for name, scores in detector_scores(pipeline, embedded, detectors).items()
+    }
 
     progress(0.3, "evaluating the corruption suite")
     subset = stratified_subset(splits["test"], shift_clips)

@@ -47,6 +47,17 @@ def method_artifact(method: str, result: TrainResult) -> bytes:
     return buffer.getvalue()
 
 
+def ensure_model(registry: Any, method: str, progress: ProgressFn | None = None) -> ModelRecord:
+    """The latest registered model of ``method``, training it first when there is none."""
+    from server.registry.errors import NotFoundError
+
+    try:
+        return registry.get_model(method)
+    except NotFoundError:
+        _, record = JobRunner(registry).run(method, {}, progress=progress)
+        return record
+
+
 class JobRunner:
     """Runs training jobs one at a time (training saturates the CPU) and records them."""
 
@@ -92,6 +103,9 @@ class JobRunner:
         reraise: bool = False,
     ) -> ModelRecord | None:
         trainer = get_trainer(method)
+        if getattr(trainer, "needs_registry", False):
+            # Trainers that build on registered models (e.g. hypernetwork needs secdood_base).
+            trainer.registry = self.registry  # type: ignore[attr-defined]
         self.registry.update_job(job_id, state=JobState.RUNNING, progress=0.0, message="started")
         last_write = 0.0
 

@@ -19,11 +19,13 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
+import numpy as np
 
 from server.gateway.auth import current_device
 from server.gateway.errors import GatewayError, status_for
 from server.gateway.he_context import check_public_ckks_context
 from server.gateway.uploads import receive_upload
+from server.personalization import DEFAULT_HYPERNET, PersonalizationService, PersonalizeQuery
 from server.registry import Registry
 from server.registry.artifacts import CHUNK_BYTES
 from shared.data.corruptions import CORRUPTIONS
@@ -134,10 +136,17 @@ def _telemetry_payload(report: gateway_pb2.TelemetryReport) -> dict[str, Any]:
 class DeviceGatewayServicer(gateway_pb2_grpc.DeviceGatewayServicer):
     """Implements ``secdood.v1.DeviceGateway`` on top of a :class:`~server.registry.Registry`."""
 
-    def __init__(self, registry: Registry, token_ttl_seconds: int, max_upload_bytes: int) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        token_ttl_seconds: int,
+        max_upload_bytes: int,
+        personalization: PersonalizationService | None = None,
+    ) -> None:
         self._registry = registry
         self._token_ttl_seconds = token_ttl_seconds
         self._max_upload_bytes = max_upload_bytes
+        self._personalization = personalization or PersonalizationService(registry)
 
     @_as_grpc_status
     def Enroll(  # noqa: N802 - gRPC method names are CamelCase
@@ -200,3 +209,36 @@ class DeviceGatewayServicer(gateway_pb2_grpc.DeviceGatewayServicer):
     ) -> gateway_pb2.TelemetryAck:
         self._registry.add_telemetry(current_device().id, _telemetry_payload(request))
         return gateway_pb2.TelemetryAck(accepted=True)
+
+    @_as_grpc_status
+    def Personalize(  # noqa: N802
+        self, request: gateway_pb2.PersonalizeRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.PersonalizeResponse:
+        if request.model_version < 0:
+            raise _invalid(f"model_version must be >= 0 (0 = latest), got {request.model_version}")
+        which = request.WhichOneof("embedding")
+        if which is None:
+            raise _invalid("send an embedding: `encrypted` (CKKS) or `plain`")
+        query = PersonalizeQuery(
+            alpha=request.alpha,
+            indices=list(request.indices),
+            encrypted=request.encrypted if which == "encrypted" else None,
+            encrypted_sha256=request.encrypted_sha256,
+            plain=np.asarray(request.plain.values) if which == "plain" else None,
+            model_name=request.model_name or DEFAULT_HYPERNET,
+            model_version=request.model_version or None,
+        )
+        answer = self._personalization.personalize(current_device().id, query)
+        hypernet = answer.hypernet
+        response = gateway_pb2.PersonalizeResponse(
+            model_name=hypernet.record.name,
+            model_version=hypernet.record.version,
+            model_sha256=hypernet.record.artifact_sha256,
+            embed_dim=hypernet.config.embed_dim,
+            num_classes=hypernet.config.num_classes,
+            theta_ciphertexts=answer.theta_ciphertexts,
+            he_seconds=answer.he_seconds,
+        )
+        if answer.theta_plain is not None:
+            response.theta_plain.values.extend(answer.theta_plain.tolist())
+        return response

@@ -16,6 +16,7 @@ from server.methods.base import MethodTrainer
 #: method name → "module:attribute" of its trainer object
 METHOD_PATHS: dict[str, str] = {
     "secdood_base": "server.training.base_model:TRAINER",
+    "hypernetwork": "server.training.hypernetwork:TRAINER",
 }
 
 

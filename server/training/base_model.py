@@ -30,6 +30,22 @@ from shared.ood.registry import DETECTORS, make_detector
 REFERENCE_SIZE = 2000
 
 
+class DataConfig(BaseModel):
+    """Which digit-actions clips to train on (clip counts per class / action / split)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+    train_per_class: int = Field(600, gt=0)
+    val_per_class: int = Field(100, gt=0)
+    test_per_class: int = Field(150, gt=0)
+    ood_per_action: int = Field(150, gt=0)
+    far_count: int = Field(600, gt=0)
+
+    def digit_actions(self) -> DigitActionsConfig:
+        return DigitActionsConfig(**self.model_dump())
+
+
 class BaseModelConfig(BaseModel):
     """Hyperparameters of a base-model training run (validated; unknown keys rejected)."""
 
@@ -42,7 +58,7 @@ class BaseModelConfig(BaseModel):
     seed: int = 0
     embed_dim: int = Field(128, gt=1, le=4096)
     widths: tuple[int, int, int] = (16, 32, 64)
-    data_seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
     threads: int = Field(2, gt=0, le=256)
 
 
@@ -86,7 +102,7 @@ def train_base_model(config: BaseModelConfig, progress: ProgressFn = no_progress
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        data_config = DigitActionsConfig(seed=config.data_seed)
+        data_config = config.data.digit_actions()
         progress(0.0, "loading digit-actions clips (generated and cached on first use)")
         train_rgb, train_flow, train_y = _tensors(load_split("train", data_config))
         val_rgb, val_flow, val_y = _tensors(load_split("val", data_config))

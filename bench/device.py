@@ -1,0 +1,66 @@
+"""Device benchmarks: int8 vs float, LeanTTA vs baselines under shift, memory, zeroth order.
+
+    python -m bench.device [--quick] [--model FLOAT.pt]
+
+Exports the int8 artifact from the float model (as ``secdood-server export --int8`` does), runs
+:func:`device_client.benchmark.run_device_benchmark`, writes ``bench/results/device.json``,
+prints the markdown tables and plots the ZO few-shot curves to ``docs/img/zo_few_shot.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+from device_client.benchmark import run_device_benchmark
+from server.export import export_int8_bytes
+from shared.models.checkpoint import load_bundle
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "device.json"
+PLOT = ROOT / "docs" / "img" / "zo_few_shot.png"
+DEFAULT_MODEL = Path("/tmp/m5v2.pt")
+
+
+def plot_zo(zo: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colours = {"zo_plain": "tab:blue", "zo_subspace": "tab:orange", "backprop": "tab:green"}
+    for name, runs in zo["runs"].items():
+        for i, run in enumerate(runs):
+            passes, losses = zip(*run["history"], strict=True)
+            ax.plot(passes, losses, color=colours[name], alpha=0.8, label=name if i == 0 else None)
+    ax.set_xlabel("forward passes (backprop: steps)")
+    ax.set_ylabel("few-shot cross-entropy")
+    ax.set_yscale("log")
+    ax.set_title(zo["task"])
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="float artifact")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        int8_path = Path(tmp) / "int8.pt"
+        int8_path.write_bytes(export_int8_bytes(load_bundle(args.model)))
+        results = run_device_benchmark(args.model, int8_path, args.out, quick=args.quick)
+    plot_zo(results["zo"], PLOT)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""``secdood-server train`` and ``eval`` end to end on the real built-in data (tiny model)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from server.cli import main
+
+SMALL_DATA = {"train_per_class": 40, "val_per_class": 10, "test_per_class": 10,
+              "ood_per_action": 8, "far_count": 40}  # fmt: skip
+TINY = ["--set", "epochs=1", "--set", "widths=[4,8,8]", "--set", "embed_dim=16",
+        "--set", f"data={json.dumps(SMALL_DATA)}"]  # fmt: skip
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("SECDOOD_DATA_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_train_then_eval_json(data_dir, capsys):
+    assert main(["train", *TINY]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["model"] == "secdood_base" and trained["version"] == 1
+    assert 0.0 <= trained["metrics"]["val_accuracy"] <= 1.0
+
+    assert main(["eval", "--json", "--shift-clips", "12"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert 0.0 <= report["id_accuracy"] <= 1.0
+    assert set(report["shift"]["severity"]) == {"1", "2", "3", "4", "5"}
+    assert len(report["shift"]["per_corruption"]) >= 10
+    for name, result in report["detectors"].items():
+        for split in ("near", "far"):
+            metrics = result[split]
+            assert set(metrics) == {"auroc", "fpr95", "aupr_in", "aupr_out"}, name
+            assert all(0.0 <= v <= 1.0 for v in metrics.values()), (name, metrics)
+    assert {"msp", "maxlogit", "energy", "gen", "mahalanobis", "knn", "vim"} <= set(
+        report["detectors"]
+    )
+
+    assert main(["eval", "--shift-clips", "12"]) == 0
+    table = capsys.readouterr().out
+    assert "near AUROC" in table and "Device shift" in table
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--method", "nope"], "unknown method 'nope'"),
+        (["train", "--set", "epochs=-1"], "epochs"),
+        (["train", "--set", "colour=blue"], "colour"),
+        (["train", "--set", "novalue"], "key=value"),
+        (["eval"], "not found"),
+    ],
+)
+def test_bad_commands_fail_clearly(data_dir, capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
