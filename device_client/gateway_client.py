@@ -14,7 +14,7 @@ import hashlib
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -55,6 +55,21 @@ class Enrollment(NamedTuple):
 class UploadReceipt(NamedTuple):
     sha256: str
     size_bytes: int
+
+
+class PersonalizeReply(NamedTuple):
+    """The cloud's answer to Personalize, plus what crossed the wire (protobuf bytes)."""
+
+    theta_ciphertexts: list[bytes]
+    theta_plain: list[float]
+    model_name: str
+    model_version: int
+    model_sha256: str
+    embed_dim: int
+    num_classes: int
+    he_seconds: float
+    bytes_up: int
+    bytes_down: int
 
 
 def _error_from_rpc(error: grpc.RpcError, target: str) -> GatewayClientError:
@@ -279,3 +294,50 @@ class GatewayClient:
         except grpc.RpcError as error:
             raise _error_from_rpc(error, self.target) from None
         return ack.accepted
+
+    def personalize(
+        self,
+        alpha: float,
+        indices: Sequence[int],
+        encrypted: bytes | None = None,
+        plain: Sequence[float] | None = None,
+        model_name: str = "",
+        model_version: int = 0,
+    ) -> PersonalizeReply:
+        """One Personalize round trip: Enc(z[indices]) (or plain values) up, Θ down.
+
+        Pass exactly one of ``encrypted`` (``CKKSVector.serialize()``; its sha256 is
+        added here) or ``plain``. The cloud validates everything; refusals arrive as
+        :class:`GatewayClientError` with the gRPC code (e.g. INVALID_ARGUMENT).
+        """
+        if (encrypted is None) == (plain is None):
+            raise ValueError("pass exactly one of encrypted= (ciphertext bytes) or plain=")
+        request = gateway_pb2.PersonalizeRequest(
+            model_name=model_name,
+            model_version=model_version,
+            alpha=float(alpha),
+            indices=[int(i) for i in indices],
+        )
+        if encrypted is not None:
+            request.encrypted = bytes(encrypted)
+            request.encrypted_sha256 = hashlib.sha256(request.encrypted).hexdigest()
+        else:
+            request.plain.values.extend(float(v) for v in plain or ())
+        try:
+            response = self._stub.Personalize(
+                request, metadata=self._token_metadata(), timeout=self.timeout_s
+            )
+        except grpc.RpcError as error:
+            raise _error_from_rpc(error, self.target) from None
+        return PersonalizeReply(
+            theta_ciphertexts=list(response.theta_ciphertexts),
+            theta_plain=list(response.theta_plain.values),
+            model_name=response.model_name,
+            model_version=response.model_version,
+            model_sha256=response.model_sha256,
+            embed_dim=response.embed_dim,
+            num_classes=response.num_classes,
+            he_seconds=response.he_seconds,
+            bytes_up=request.ByteSize(),
+            bytes_down=response.ByteSize(),
+        )

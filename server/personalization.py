@@ -22,12 +22,10 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import grpc
 import numpy as np
 import tenseal as ts
 import torch
 
-from server.gateway.errors import GatewayError
 from server.registry import Registry
 from server.registry.records import ModelRecord
 from shared.channel_importance import channel_count, check_alpha, check_indices
@@ -40,6 +38,10 @@ MAX_CACHED_CONTEXTS = 4
 NO_CONTEXT = (
     "no public HE context for this device: upload your public context first (UploadContext)"
 )
+
+
+class MissingContextError(LookupError):
+    """The device has not uploaded a public HE context (gRPC: FAILED_PRECONDITION)."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ class PersonalizationService:
         """The device's current public context, parsed once and kept in a small LRU cache."""
         record = self._registry.current_context(device_id)
         if record is None:
-            raise GatewayError(grpc.StatusCode.FAILED_PRECONDITION, NO_CONTEXT)
+            raise MissingContextError(NO_CONTEXT)
         key = (device_id, record.artifact_sha256)
         with self._lock:
             if key in self._contexts:
@@ -130,8 +132,8 @@ class PersonalizationService:
     def personalize(self, device_id: str, query: PersonalizeQuery) -> PersonalizeAnswer:
         """Validate ``query`` and compute Θ = z[indices]·A[indices] + c (encrypted or plain).
 
-        Raises ValueError/TypeError (→ INVALID_ARGUMENT) for bad input, GatewayError
-        FAILED_PRECONDITION when the device has no context, NotFoundError without H.
+        Raises ValueError/TypeError (→ INVALID_ARGUMENT) for bad input,
+        MissingContextError when the device has no context, NotFoundError without H.
         """
         hypernet = self.hypernet(query.model_name, query.model_version)
         d = hypernet.config.embed_dim

@@ -25,7 +25,12 @@ from server.gateway.auth import current_device
 from server.gateway.errors import GatewayError, status_for
 from server.gateway.he_context import check_public_ckks_context
 from server.gateway.uploads import receive_upload
-from server.personalization import DEFAULT_HYPERNET, PersonalizationService, PersonalizeQuery
+from server.personalization import (
+    DEFAULT_HYPERNET,
+    MissingContextError,
+    PersonalizationService,
+    PersonalizeQuery,
+)
 from server.registry import Registry
 from server.registry.artifacts import CHUNK_BYTES
 from shared.data.corruptions import CORRUPTIONS
@@ -228,7 +233,10 @@ class DeviceGatewayServicer(gateway_pb2_grpc.DeviceGatewayServicer):
             model_name=request.model_name or DEFAULT_HYPERNET,
             model_version=request.model_version or None,
         )
-        answer = self._personalization.personalize(current_device().id, query)
+        try:
+            answer = self._personalization.personalize(current_device().id, query)
+        except MissingContextError as error:
+            raise GatewayError(grpc.StatusCode.FAILED_PRECONDITION, str(error)) from None
         hypernet = answer.hypernet
         response = gateway_pb2.PersonalizeResponse(
             model_name=hypernet.record.name,

@@ -17,6 +17,10 @@ from server.methods.base import MethodTrainer
 METHOD_PATHS: dict[str, str] = {
     "secdood_base": "server.training.base_model:TRAINER",
     "hypernetwork": "server.training.hypernetwork:TRAINER",
+    # Forward-Forward spiking net and its two baselines (docs/algorithms.md)
+    "ff_snn": "server.methods.forward_forward:FF_SNN_TRAINER",
+    "ff": "server.methods.forward_forward:FF_TRAINER",
+    "bp_snn": "server.methods.forward_forward:BP_SNN_TRAINER",
 }
 
 

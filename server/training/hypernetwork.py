@@ -198,6 +198,7 @@ def fit_hypernetwork(
     progress: ProgressFn = no_progress,
 ) -> tuple[HyperNetwork, dict[str, Any]]:
     """Train H on precomputed device embeddings; returns (eval-mode H, metrics)."""
+    torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     z = torch.cat(embeddings.train_z).clone()
