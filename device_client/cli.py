@@ -5,7 +5,8 @@ Examples::
     secdood-device enroll --server 127.0.0.1:50051 --enrollment-key KEY --name cam-1 \\
         --corruption fog --severity 3
     secdood-device download [--variant float]
-    secdood-device run --source clip.mp4 [--detector energy]
+    secdood-device run --source clip.mp4|DIR|camera:0 [--adapt none|leantta|zo] [--int8]
+    secdood-device bench [--quick]
 
 State (id, token, models) lives in ``$SECDOOD_DEVICE_DIR`` or ``~/.secdood-device``
 (see :mod:`device_client.state`). User errors (missing file, unreadable video,
@@ -98,49 +99,84 @@ def _batches(clips: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
         yield np.stack(batch)
 
 
+def _model_path(args: argparse.Namespace, state: DeviceState) -> Path:
+    variant = "int8" if args.int8 else args.variant
+    model_path = Path(args.model) if args.model else state.model_path(DEFAULT_MODEL, variant)
+    if not model_path.is_file():
+        hint = f" --variant {variant}" if variant != "float" else ""
+        raise CliError(
+            f"no model at {model_path}; run `{PROG} download{hint}` first (or pass --model FILE)"
+        )
+    return model_path
+
+
 def cmd_run(args: argparse.Namespace, state: DeviceState) -> int:
     # Imported here: torch and the model code are only needed to score.
-    from shared.data.video_io import iter_clips
-    from shared.models.checkpoint import load_bundle
-    from shared.ood.registry import DETECTORS
-    from shared.pipeline import OODPipeline
+    from tqdm import tqdm
 
-    source = Path(args.source)
-    if not source.is_file():
-        raise CliError(f"video file not found: {source}")
-    model_path = Path(args.model) if args.model else state.model_path(DEFAULT_MODEL, args.variant)
-    if not model_path.is_file():
-        raise CliError(
-            f"no model at {model_path}; run `{PROG} download` first (or pass --model FILE)"
-        )
+    from device_client.runtime import DeviceRuntime
+    from device_client.sources import ClipSource
+    from shared.ood.registry import DETECTORS
+
+    if not args.source.startswith("camera:") and not Path(args.source).exists():
+        raise CliError(f"video file not found: {args.source}")
+    model_path = _model_path(args, state)
     if args.detector not in DETECTORS:
         raise CliError(f"unknown detector {args.detector!r}; choose one of {sorted(DETECTORS)}")
-    pipeline = OODPipeline(load_bundle(model_path))
-    config = pipeline.bundle.config
+    runtime = DeviceRuntime.from_artifact(
+        model_path,
+        adapt=args.adapt,
+        adapt_layers=args.adapt_layers,
+        int8=True if args.int8 else None,
+        engine=args.engine,
+    )
+    config = runtime.bundle.config
+    source = ClipSource(args.source, config.n_frames, config.size)
+    source.check()
 
     print(f"{'clip':>5}  {'label':<16} {'ood_score':>10}  verdict")
     n_clips = n_ood = 0
     seconds = 0.0
-    clips = iter_clips(source, n_frames=config.n_frames, size=config.size)
-    for batch in _batches(clips, BATCH_CLIPS):
-        start = time.perf_counter()
-        verdicts = pipeline.score_clips(batch, detector=args.detector)
-        seconds += time.perf_counter() - start
-        for label, score, is_ood in zip(
-            verdicts.labels, verdicts.ood_score.tolist(), verdicts.is_ood.tolist(), strict=True
-        ):
-            print(f"{n_clips:>5}  {label:<16} {score:>10.4f}  {'OOD' if is_ood else 'ID'}")
-            n_clips += 1
-            n_ood += int(is_ood)
-    threshold = pipeline.threshold(args.detector)
+    progress = tqdm(
+        desc=f"{source.describe()} [{args.adapt}{', int8' if runtime.is_int8 else ''}]",
+        unit="clip",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        disable=args.quiet,
+    )
+    batch_size = 1 if source.is_camera or args.adapt != "none" else BATCH_CLIPS
+    try:
+        for batch in _batches(iter(source), batch_size):
+            start = time.perf_counter()
+            verdicts = runtime.score_clips(batch, detector=args.detector)
+            seconds += time.perf_counter() - start
+            for label, score, is_ood in zip(
+                verdicts.labels, verdicts.ood_score.tolist(), verdicts.is_ood.tolist(), strict=True
+            ):
+                progress.write(
+                    f"{n_clips:>5}  {label:<16} {score:>10.4f}  {'OOD' if is_ood else 'ID'}",
+                    file=sys.stdout,
+                )
+                n_clips += 1
+                n_ood += int(is_ood)
+            progress.update(len(batch))
+            progress.set_postfix(fps=f"{n_clips * config.n_frames / seconds:.0f}", ood=n_ood)
+    except KeyboardInterrupt:
+        source.end_reason = "interrupted"
+    finally:
+        progress.close()
+    if n_clips == 0:
+        raise CliError(f"{source.describe()}: no complete clip before {source.end_reason}")
+    threshold = runtime.pipeline.threshold(args.detector)
     mean_ms = 1000.0 * seconds / n_clips
     print(
         f"summary: {n_clips} clips, {n_ood} OOD ({100.0 * n_ood / n_clips:.1f} %), "
-        f"detector {args.detector} (threshold {threshold:.4f}), {mean_ms:.1f} ms per clip"
+        f"detector {args.detector} (threshold {threshold:.4f}), {mean_ms:.1f} ms per clip, "
+        f"adapt {args.adapt}{', int8' if runtime.is_int8 else ''}; {source.end_reason}"
     )
     if args.report:
         client, _identity = _client(state)
-        info = state.load_model_info(DEFAULT_MODEL, args.variant) or {}
+        info = state.load_model_info(DEFAULT_MODEL, "int8" if args.int8 else args.variant) or {}
         with client:
             client.report_telemetry(
                 clips_scored=n_clips,
@@ -150,6 +186,22 @@ def cmd_run(args: argparse.Namespace, state: DeviceState) -> int:
                 model_sha256=info.get("sha256", "") if not args.model else "",
             )
         print("telemetry reported")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, state: DeviceState) -> int:
+    from device_client.benchmark import run_device_benchmark
+
+    float_path = Path(args.model) if args.model else state.model_path(DEFAULT_MODEL, "float")
+    int8_path = (
+        Path(args.int8_model) if args.int8_model else state.model_path(DEFAULT_MODEL, "int8")
+    )
+    for path, variant in ((float_path, "float"), (int8_path, "int8")):
+        if not path.is_file():
+            raise CliError(
+                f"no {variant} model at {path}; run `{PROG} download --variant {variant}`"
+            )
+    run_device_benchmark(float_path, int8_path, Path(args.out), quick=args.quick)
     return 0
 
 
@@ -191,13 +243,27 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--version", type=int, default=0, help="0 = latest")
     download.set_defaults(func=cmd_download)
 
-    run = sub.add_parser("run", help="score a video file with the downloaded model")
-    run.add_argument("--source", required=True, metavar="FILE.mp4")
+    run = sub.add_parser("run", help="score a video file, a folder of videos or a camera")
+    run.add_argument("--source", required=True, metavar="FILE.mp4|DIR|camera:N")
     run.add_argument("--detector", default="energy")
     run.add_argument("--variant", default="float", help="which downloaded variant to use")
+    run.add_argument("--int8", action="store_true", help="use the int8 model (variant int8)")
+    run.add_argument("--adapt", choices=("none", "leantta", "zo"), default="none")
+    run.add_argument(
+        "--adapt-layers", type=int, default=3, choices=range(0, 4), help="conv BNs per stream"
+    )
+    run.add_argument("--engine", help="quantised engine (default: qnnpack on ARM, else x86)")
     run.add_argument("--model", metavar="FILE", help="score with this artifact file instead")
     run.add_argument("--report", action="store_true", help="send telemetry to the cloud after")
+    run.add_argument("--quiet", action="store_true", help="no live progress line on stderr")
     run.set_defaults(func=cmd_run)
+
+    bench = sub.add_parser("bench", help="run the device benchmarks on this device")
+    bench.add_argument("--quick", action="store_true", help="a small, fast version")
+    bench.add_argument("--model", metavar="FILE", help="float artifact (default: downloaded)")
+    bench.add_argument("--int8-model", metavar="FILE", help="int8 artifact (default: downloaded)")
+    bench.add_argument("--out", default="device-bench.json", help="where to write the JSON")
+    bench.set_defaults(func=cmd_bench)
     _add_simulate_camera(sub)
     return parser
 

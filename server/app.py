@@ -34,6 +34,7 @@ log = logging.getLogger("secdood.serve")
 #: seconds in-flight requests get to finish on shutdown
 GRACE_SECONDS = 10.0
 KEY_FIELDS = ("enrollment_key", "scoring_api_key", "admin_api_key")
+HYPERNETWORK = "hypernetwork"
 
 
 def resolve_keys(settings: Settings) -> Settings:
@@ -142,9 +143,21 @@ class Service:
             record = self.state.load_model()
             set_serving(self.health, True)
             log.info("ready: serving %s v%d", record.name, record.version)
+            self._bootstrap_hypernetwork()
         except Exception as exc:  # keep the process alive and say why it is not ready
             self.bootstrap_error = exc
             log.exception("bootstrap failed; the server stays live but not ready")
+
+    def _bootstrap_hypernetwork(self) -> None:
+        """Personalisation needs a HyperNetwork; train one after the base model (scoring is
+        already served meanwhile; Personalize answers NOT_FOUND until it lands)."""
+        try:
+            self.registry.get_model(HYPERNETWORK)
+        except NotFoundError:
+            if self.settings.bootstrap_model:
+                log.info("no %s model: training it for personalisation", HYPERNETWORK)
+                self.jobs.run(HYPERNETWORK, {}, progress=_log_progress())
+                log.info("personalisation ready")
 
     def wait(self) -> None:
         """Block until the REST server exits (SIGINT/SIGTERM), then stop everything."""

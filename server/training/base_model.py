@@ -51,7 +51,7 @@ class BaseModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    epochs: int = Field(8, gt=0, le=500)
+    epochs: int = Field(5, gt=0, le=500)
     batch_size: int = Field(64, gt=0, le=4096)
     lr: float = Field(2e-3, gt=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0, lt=1)
