@@ -4,7 +4,8 @@
 
 Exports the int8 artifact from the float model (as ``secdood-server export --int8`` does), runs
 :func:`device_client.benchmark.run_device_benchmark`, writes ``bench/results/device.json``,
-prints the markdown tables and plots the ZO few-shot curves to ``docs/img/zo_few_shot.png``.
+prints the markdown tables, plots the ZO few-shot curves to ``docs/img/zo_few_shot.png`` and
+(full runs only) rewrites the ``device`` section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from device_client.benchmark import run_device_benchmark
+from bench.report import write_section
+from device_client.benchmark import markdown_tables, run_device_benchmark
 from server.export import export_int8_bytes
 from shared.models.checkpoint import load_bundle
 
@@ -26,25 +28,29 @@ DEFAULT_MODEL = Path("/tmp/m5v2.pt")
 
 
 def plot_zo(zo: dict, path: Path) -> None:
+    """One panel per few-shot task: loss against forward passes, every variant and seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    colours = {"zo_plain": "tab:blue", "zo_subspace": "tab:orange", "backprop": "tab:green"}
-    for name, runs in zo["runs"].items():
-        for i, run in enumerate(runs):
-            passes, losses = zip(*run["history"], strict=True)
-            ax.plot(passes, losses, color=colours[name], alpha=0.8, label=name if i == 0 else None)
-    ax.set_xlabel("forward passes (backprop: steps)")
-    ax.set_ylabel("few-shot cross-entropy")
-    ax.set_yscale("log")
-    ax.set_title(zo["task"])
-    ax.legend()
+    tasks = zo["tasks"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax, task in zip(axes[0], tasks.values(), strict=True):
+        for index, (name, runs) in enumerate(task["runs"].items()):
+            for i, run in enumerate(runs):
+                passes, losses = zip(*run["history"], strict=True)
+                label = name if i == 0 else None
+                ax.plot(passes, losses, color=colours(index), alpha=0.7, lw=1, label=label)
+        ax.set_xlabel("forward passes (backprop: steps)")
+        ax.set_ylabel("few-shot cross-entropy")
+        ax.set_yscale("log")
+        ax.set_title(task["task"], fontsize=9)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -60,6 +66,9 @@ def main() -> None:
         int8_path.write_bytes(export_int8_bytes(load_bundle(args.model)))
         results = run_device_benchmark(args.model, int8_path, args.out, quick=args.quick)
     plot_zo(results["zo"], PLOT)
+    if not args.quick:
+        title = f"Device runtime (model `{args.model}`)"
+        write_section(name="device", title=title, markdown=markdown_tables(results))
 
 
 if __name__ == "__main__":

@@ -110,7 +110,8 @@ def public_context() -> bytes:
 
 
 def test_serve_scores_enrols_and_survives_a_restart(data_dir):
-    server = ServerProcess(data_dir)
+    # The model is registered already; no bootstrap training (of the HyperNetwork) wanted.
+    server = ServerProcess(data_dir, bootstrap=False)
     try:
         server.wait_ready()
         assert grpc_health(server.grpc_port) == health_pb2.HealthCheckResponse.SERVING
@@ -138,7 +139,7 @@ def test_serve_scores_enrols_and_survives_a_restart(data_dir):
         server.kill()
 
     # Same data directory, new process: devices, contexts and models are still there.
-    again = ServerProcess(data_dir)
+    again = ServerProcess(data_dir, bootstrap=False)
     try:
         again.wait_ready()
         admin = {"Authorization": f"Bearer {KEYS['admin']}"}
