@@ -21,6 +21,13 @@ METHOD_PATHS: dict[str, str] = {
     "ff_snn": "server.methods.forward_forward:FF_SNN_TRAINER",
     "ff": "server.methods.forward_forward:FF_TRAINER",
     "bp_snn": "server.methods.forward_forward:BP_SNN_TRAINER",
+    # predictive coding: inference learning, zero-divergence IL, fully autonomous Z-IL
+    "il": "server.methods.predictive_coding:IL_TRAINER",
+    "zil": "server.methods.predictive_coding:ZIL_TRAINER",
+    "fa_zil": "server.methods.predictive_coding:FA_ZIL_TRAINER",
+    "pc_bp": "server.methods.predictive_coding:BP_TRAINER",
+    # Expectation Backpropagation (binary weights, mean-field)
+    "ebp": "server.methods.ebp:TRAINER",
 }
 
 

@@ -3,7 +3,10 @@
 A declared ``Content-Length`` over the cap is refused before any byte is read;
 every body (chunked ones included) is also counted while it streams in and
 refused the moment it passes the cap — so an oversized upload never fills memory or disk.
-Both answer 413 with ``{"error": ...}``.
+Both answer 413 with ``{"error": ...}``. Before answering, the rest of the body
+is read and discarded (up to a bound, :data:`DRAIN_FACTOR` × the cap): closing
+a socket with unread data makes the kernel reset the connection, and the
+client would see "connection reset" instead of the 413 and its message.
 """
 
 from __future__ import annotations
@@ -11,6 +14,21 @@ from __future__ import annotations
 from fastapi import HTTPException, status
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+#: an oversized body is drained up to this many times the cap, then the connection closes
+DRAIN_FACTOR = 4
+
+
+async def _discard_rest(receive: Receive, limit: int) -> None:
+    """Read and drop what is left of the request body, at most ``limit`` bytes."""
+    seen = 0
+    while seen <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 def _too_large(limit: int) -> str:
@@ -37,6 +55,7 @@ class BodySizeLimitMiddleware:
                 status_code=status.HTTP_413_CONTENT_TOO_LARGE,
                 headers={"Connection": "close"},
             )
+            await _discard_rest(receive, DRAIN_FACTOR * self.max_bytes)
             await response(scope, receive, send)
             return
 
@@ -48,6 +67,8 @@ class BodySizeLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    if message.get("more_body", False):
+                        await _discard_rest(receive, DRAIN_FACTOR * self.max_bytes)
                     # Raised inside the route's body read, so the app's handlers render it.
                     raise HTTPException(
                         status.HTTP_413_CONTENT_TOO_LARGE, _too_large(self.max_bytes)
