@@ -308,7 +308,7 @@ def benchmark(quick: bool) -> dict[str, Any]:
     """Test error (%) of EBP-D / EBP-P / BP per task.
 
     quick: reuters_I654_I65, fold 0 of 8 (≈ 25 s of CPU; minutes on a loaded box).
-    full: all five tasks, all 8 folds (see docs/algorithms/ebp.md for the time).
+    full: all five tasks, all 8 folds (≈ 27 CPU-minutes, one thread).
     """
     torch.set_num_threads(1)
     tasks = ("reuters_I654_I65",) if quick else EBP_TASKS

@@ -290,8 +290,8 @@ class PredictiveCodingTrainer:
         train_seconds = time.perf_counter() - start
         model = PredictiveCodingMLP(weights, config.activation)
         metrics = {
-            "train_accuracy": float((model.predict(x_tr) == y_tr).double().mean()),
-            "test_accuracy": float((model.predict(x_te) == y_te).double().mean()),
+            "train_accuracy": float((model.forward(x_tr).argmax(1) == y_tr).double().mean()),
+            "test_accuracy": float((model.forward(x_te).argmax(1) == y_te).double().mean()),
             "train_seconds": train_seconds,
         }
         return TrainResult(state=model.state_dict(), metrics=metrics, config=config.model_dump())
