@@ -38,13 +38,16 @@ def plot_zo(zo: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
     colours = plt.get_cmap("tab10")
     for ax, task in zip(axes[0], tasks.values(), strict=True):
+        # every variant converges to the same optimum: plot the excess over the best loss seen
+        best = min(loss for runs in task["runs"].values() for r in runs for _, loss in r["history"])
         for index, (name, runs) in enumerate(task["runs"].items()):
             for i, run in enumerate(runs):
                 passes, losses = zip(*run["history"], strict=True)
+                excess = [max(loss - best, 1e-7) for loss in losses]
                 label = name if i == 0 else None
-                ax.plot(passes, losses, color=colours(index), alpha=0.7, lw=1, label=label)
+                ax.plot(passes, excess, color=colours(index), alpha=0.7, lw=1, label=label)
         ax.set_xlabel("forward passes (backprop: steps)")
-        ax.set_ylabel("few-shot cross-entropy")
+        ax.set_ylabel("few-shot cross-entropy - best reached")
         ax.set_yscale("log")
         ax.set_title(task["task"], fontsize=9)
         ax.legend(fontsize=7)

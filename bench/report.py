@@ -82,3 +82,23 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def default_base_model_path() -> Path:
+    """The latest registered base model of ``$SECDOOD_DATA_DIR`` as a file (trained if absent)."""
+    import tempfile
+
+    from server.cli import BASE_MODEL, open_registry
+    from server.jobs import ensure_model
+    from server.settings import Settings
+
+    registry = open_registry(Settings())
+    try:
+        record = ensure_model(registry, BASE_MODEL)
+        path = (
+            Path(tempfile.mkdtemp(prefix="secdood-bench-")) / f"{record.name}-v{record.version}.pt"
+        )
+        path.write_bytes(registry.artifacts.read_bytes(record.artifact_sha256))
+        return path
+    finally:
+        registry.close()

@@ -46,13 +46,13 @@ def open_registry(settings: Settings):
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
-    from server.jobs import JobRunner
+    from server.jobs import JobRunner, console_progress
 
     config = json.loads(args.config) if args.config else {}
     config.update(_parse_sets(args.set))
     registry = open_registry(settings)
     runner = JobRunner(registry)
-    job, model = runner.run(args.method, config)
+    job, model = runner.run(args.method, config, progress=console_progress(args.method))
     print(
         json.dumps(
             {"job": job.id, "model": model.name, "version": model.version, "metrics": model.metrics}

@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from server.methods.base import ProgressFn, TrainResult
 from server.methods.catalog import get_trainer, validate_config
@@ -47,6 +48,19 @@ def method_artifact(method: str, result: TrainResult) -> bytes:
     return buffer.getvalue()
 
 
+def console_progress(description: str) -> ProgressFn:
+    """A progress callback drawing a tqdm bar (percent done + the trainer's last message)."""
+    bar = tqdm(total=100, desc=description, unit="%", leave=True)
+
+    def report(fraction: float, message: str) -> None:
+        bar.n = round(100 * min(max(fraction, 0.0), 1.0))
+        bar.set_postfix_str(message[:60], refresh=True)
+        if fraction >= 1.0:
+            bar.close()
+
+    return report
+
+
 def ensure_model(registry: Any, method: str, progress: ProgressFn | None = None) -> ModelRecord:
     """The latest registered model of ``method``, training it first when there is none."""
     from server.registry.errors import NotFoundError
@@ -54,6 +68,7 @@ def ensure_model(registry: Any, method: str, progress: ProgressFn | None = None)
     try:
         return registry.get_model(method)
     except NotFoundError:
+        progress = progress or console_progress(f"training {method}")
         _, record = JobRunner(registry).run(method, {}, progress=progress)
         return record
 
