@@ -120,13 +120,13 @@ def run_device(
 
 
 def print_devices(rows: list[dict]) -> None:
-    header = f"{'device':<10}{'camera shift':<22}{'head':<14}{'ID acc':>8}{'AUROC':>8}{'FPR95':>8}"
+    header = f"{'device':<17}{'camera shift':<20}{'head':<14}{'ID acc':>8}{'AUROC':>8}{'FPR95':>8}"
     print(header + "\n" + "-" * len(header))
     for r in rows:
         for head, label in (("global", "global"), ("personal", "personalised")):
             m = r[head]
             print(
-                f"{r['device']:<10}{r['shift']:<22}{label:<14}{m['id_accuracy']:>8.3f}"
+                f"{r['device']:<17}{r['shift']:<20}{label:<14}{m['id_accuracy']:>8.3f}"
                 f"{m['auroc']:>8.3f}{m['fpr95']:>8.3f}"
             )
     print()
