@@ -37,7 +37,7 @@ import torch.ao.nn.quantized as nnq
 from torch import Tensor, nn
 
 from shared.models.checkpoint import ModelBundle
-from shared.models.two_stream import TwoStreamConfig, TwoStreamOutput
+from shared.models.two_stream import TwoStreamConfig, TwoStreamOutput, check_clip_inputs
 
 INT8_FORMAT = "secdood-two-stream-int8"
 INT8_FORMAT_VERSION = 1
@@ -257,13 +257,7 @@ class Int8TwoStreamNet(nn.Module):
         self.fused_head = heads["fused_head"]
 
     def check_inputs(self, rgb: Tensor, flow: Tensor) -> None:
-        t, s = self.config.n_frames, self.config.size
-        if rgb.ndim != 5 or tuple(rgb.shape[1:]) != (t, 3, s, s):
-            raise ValueError(f"rgb must be [N, {t}, 3, {s}, {s}], got {list(rgb.shape)}")
-        if flow.ndim != 5 or tuple(flow.shape[1:]) != (t - 1, 2, s, s):
-            raise ValueError(f"flow must be [N, {t - 1}, 2, {s}, {s}], got {list(flow.shape)}")
-        if rgb.shape[0] != flow.shape[0]:
-            raise ValueError(f"rgb has {rgb.shape[0]} clips but flow has {flow.shape[0]}")
+        check_clip_inputs(self.config, rgb, flow)
 
     def embed_streams(self, rgb: Tensor, flow: Tensor) -> tuple[Tensor, Tensor]:
         self.check_inputs(rgb, flow)

@@ -48,6 +48,17 @@ class TwoStreamConfig:
         return cls(**data)
 
 
+def check_clip_inputs(config: TwoStreamConfig, rgb: torch.Tensor, flow: torch.Tensor) -> None:
+    """Raise a ValueError that says what shape was expected (float and int8 models alike)."""
+    t, s = config.n_frames, config.size
+    if rgb.ndim != 5 or tuple(rgb.shape[1:]) != (t, 3, s, s):
+        raise ValueError(f"rgb must be [N, {t}, 3, {s}, {s}], got {list(rgb.shape)}")
+    if flow.ndim != 5 or tuple(flow.shape[1:]) != (t - 1, 2, s, s):
+        raise ValueError(f"flow must be [N, {t - 1}, 2, {s}, {s}], got {list(flow.shape)}")
+    if rgb.shape[0] != flow.shape[0]:
+        raise ValueError(f"rgb has {rgb.shape[0]} clips but flow has {flow.shape[0]}")
+
+
 def _conv_bn_relu(c_in: int, c_out: int, stride: tuple[int, int, int]) -> list[nn.Module]:
     return [
         nn.Conv3d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False),
@@ -105,14 +116,7 @@ class TwoStreamNet(nn.Module):
         self.fused_head = nn.Linear(self.config.embed_dim, self.config.num_classes)
 
     def check_inputs(self, rgb: torch.Tensor, flow: torch.Tensor) -> None:
-        """Raise a ValueError that says what shape was expected."""
-        t, s = self.config.n_frames, self.config.size
-        if rgb.ndim != 5 or tuple(rgb.shape[1:]) != (t, 3, s, s):
-            raise ValueError(f"rgb must be [N, {t}, 3, {s}, {s}], got {list(rgb.shape)}")
-        if flow.ndim != 5 or tuple(flow.shape[1:]) != (t - 1, 2, s, s):
-            raise ValueError(f"flow must be [N, {t - 1}, 2, {s}, {s}], got {list(flow.shape)}")
-        if rgb.shape[0] != flow.shape[0]:
-            raise ValueError(f"rgb has {rgb.shape[0]} clips but flow has {flow.shape[0]}")
+        check_clip_inputs(self.config, rgb, flow)
 
     def embed_streams(self, rgb: torch.Tensor, flow: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per-stream embeddings; the Conv3d wants channels before time."""
