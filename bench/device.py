@@ -5,7 +5,8 @@
 Exports the int8 artifact from the float model (as ``secdood-server export --int8`` does), runs
 :func:`device_client.benchmark.run_device_benchmark`, writes ``bench/results/device.json``,
 prints the markdown tables, plots the ZO few-shot curves to ``docs/img/zo_few_shot.png`` and
-(full runs only) rewrites the ``device`` section of BENCHMARKS.md.
+(full runs only) rewrites the ``device`` section of BENCHMARKS.md. Without ``--model`` the
+latest registered base model of ``$SECDOOD_DATA_DIR`` is used (trained first if there is none).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from bench.report import write_section
+from bench.report import default_base_model_path, write_section
 from device_client.benchmark import markdown_tables, run_device_benchmark
 from server.export import export_int8_bytes
 from shared.models.checkpoint import load_bundle
@@ -24,7 +25,6 @@ from shared.models.checkpoint import load_bundle
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "device.json"
 PLOT = ROOT / "docs" / "img" / "zo_few_shot.png"
-DEFAULT_MODEL = Path("/tmp/m5v2.pt")
 
 
 def plot_zo(zo: dict, path: Path) -> None:
@@ -60,17 +60,21 @@ def plot_zo(zo: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="float artifact")
+    parser.add_argument(
+        "--model", type=Path, help="float artifact; default: the registry's latest base model"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.model is None:
+        args.model = default_base_model_path()
     with tempfile.TemporaryDirectory() as tmp:
         int8_path = Path(tmp) / "int8.pt"
         int8_path.write_bytes(export_int8_bytes(load_bundle(args.model)))
         results = run_device_benchmark(args.model, int8_path, args.out, quick=args.quick)
     plot_zo(results["zo"], PLOT)
     if not args.quick:
-        title = f"Device runtime (model `{args.model}`)"
+        title = f"Device runtime (model `{args.model.name}`)"
         write_section(name="device", title=title, markdown=markdown_tables(results))
 
 

@@ -10,8 +10,9 @@ Modes (``adapt``):
 - ``"zo"``: unsupervised zeroth-order entropy adaptation of the affine parameters (gamma, beta)
   of the first ``adapt_layers`` conv BatchNorms of each stream (source statistics; the rest
   folded): every ``every`` clips, ``steps`` ZO-Adam steps on the mean prediction entropy of the
-  last ``window`` clips, forward passes only (:mod:`device_client.zo`). Unlike LeanTTA it keeps
-  state across clips.
+  last ``window`` clips (evaluated ``eval_batch`` clips per forward pass, which bounds the peak
+  memory), forward passes only (:mod:`device_client.zo`). Unlike LeanTTA it keeps state across
+  clips.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class ZOStreamConfig:
     """Online ZO entropy adaptation settings (mode ``"zo"``)."""
 
     window: int = 16  # recent clips the entropy is measured on
+    eval_batch: int = 4  # clips per forward pass when evaluating the window's entropy
     every: int = 8  # adapt after this many new clips
     steps: int = 2  # ZO-Adam steps per adaptation round
     n_directions: int = 2
@@ -62,7 +64,7 @@ class ZOStreamConfig:
     subspace: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("window", "every", "steps", "n_directions"):
+        for name in ("window", "eval_batch", "every", "steps", "n_directions"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -168,10 +170,20 @@ class OnlineZOAdapter:
 
     @torch.inference_mode()
     def _entropy(self, theta: Tensor) -> float:
+        """Mean prediction entropy of the window at ``theta``, ``eval_batch`` clips at a time.
+
+        Chunking gives the same loss as one batch (the model is per-clip in eval mode) while the
+        peak activation memory scales with ``eval_batch`` instead of ``window``.
+        """
         self.params.set(theta)
-        rgb = torch.cat([r for r, _ in self.recent])
-        flow = torch.cat([f for _, f in self.recent])
-        return float(prediction_entropy(self.model(rgb, flow)).mean())
+        clips = list(self.recent)
+        total = 0.0
+        for start in range(0, len(clips), self.config.eval_batch):
+            chunk = clips[start : start + self.config.eval_batch]
+            rgb = torch.cat([r for r, _ in chunk])
+            flow = torch.cat([f for _, f in chunk])
+            total += float(prediction_entropy(self.model(rgb, flow)).sum())
+        return total / len(clips)
 
     def observe(self, rgb: Tensor, flow: Tensor) -> None:
         """Remember clips [N, ...]; adapt when ``every`` new clips have arrived."""

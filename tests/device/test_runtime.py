@@ -99,9 +99,30 @@ def test_zo_mode_adapts_bn_affine_with_forward_passes_only(artifacts, kind):
         OnlineZOAdapter(load_model(data, "zo", adapt_layers=0).model)
 
 
+@pytest.mark.parametrize("eval_batch", [1, 3, 8])
+def test_zo_window_entropy_is_the_same_for_any_eval_batch(artifacts, eval_batch):
+    """Chunked loss evaluation (memory bound) = the mean entropy of the whole window at once."""
+    _bundle, float_bytes, _ = artifacts
+    model = load_model(float_bytes, "zo", adapt_layers=2).model
+    config = ZOStreamConfig(window=5, eval_batch=eval_batch, every=100)
+    adapter = OnlineZOAdapter(model, config)
+    gen = torch.Generator().manual_seed(1)
+    rgb, flow = torch.rand(7, 8, 3, 32, 32, generator=gen), torch.randn(7, 7, 2, 32, 32)
+    adapter.observe(rgb, flow)  # the window keeps the last 5 clips
+    theta = adapter.theta + 0.1 * torch.randn(adapter.theta.shape, generator=gen)
+    value = adapter._entropy(theta)
+    with torch.inference_mode():
+        logits = model(rgb[2:], flow[2:])  # params already set to theta by _entropy
+    probs = torch.softmax(logits.double(), dim=1)
+    expected = float(-(probs * probs.log()).sum(dim=1).mean())
+    assert value == pytest.approx(expected, rel=1e-5)
+
+
 def test_zo_config_rejects_bad_values():
     with pytest.raises(ValueError, match="window"):
         ZOStreamConfig(window=0)
+    with pytest.raises(ValueError, match="eval_batch"):
+        ZOStreamConfig(eval_batch=0)
     with pytest.raises(ValueError, match="positive"):
         ZOStreamConfig(lr=0.0)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -119,6 +121,36 @@ def test_zo_adam_matches_adam_written_out():
         expected = expected - 0.1 * (m / (1 - 0.9**t)) / (torch.sqrt(v / (1 - 0.999**t)) + 1e-3)
         got = opt.step(got, g)
     torch.testing.assert_close(got, expected)
+
+
+def test_zo_adam_follows_torch_adam_step_by_step():
+    """Independent reference: torch.optim.Adam on the same gradient sequence."""
+    gen = torch.Generator().manual_seed(3)
+    theta = torch.randn(6, generator=gen)
+    reference = torch.nn.Parameter(theta.clone())
+    torch_adam = torch.optim.Adam([reference], lr=0.05, betas=(0.8, 0.99), eps=1e-3)
+    ours = ZOAdam(lr=0.05, betas=(0.8, 0.99), eps=1e-3)
+    for _ in range(25):
+        grad = torch.randn(6, generator=gen) * 3.0
+        reference.grad = grad.clone()
+        torch_adam.step()
+        theta = ours.step(theta, grad)
+    torch.testing.assert_close(theta, reference.detach(), rtol=1e-5, atol=1e-6)
+    assert ours.steps_taken == 25
+    with pytest.raises(ValueError, match="d=6, now d=4"):
+        ours.step(torch.zeros(4), torch.zeros(4))
+
+
+def test_zo_adam_keeps_torch_dynamo_out_of_the_device_process():
+    """torch.optim imports torch._dynamo (~70-80 MiB RSS); the device's ZO path must not."""
+    code = (
+        "import sys, torch\n"
+        "from device_client.zo import ZOAdam, ZOEstimator, zo_minimise\n"
+        "zo_minimise(lambda t: float((t ** 2).sum()), torch.ones(4), 3, ZOEstimator(), ZOAdam())\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_zo_adam_solves_a_small_least_squares_problem():
