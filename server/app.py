@@ -25,6 +25,7 @@ from server.gateway.server import build_grpc_server, set_serving
 from server.jobs import JobRunner
 from server.registry import Registry, open_registry
 from server.registry.errors import NotFoundError
+from server.registry.tables import JobState
 from server.rest.app import create_app
 from server.rest.state import BASE_MODEL_NAME, ServiceState
 from server.settings import Settings
@@ -77,6 +78,7 @@ class Service:
         self.registry = open_registry(self.settings.database_url, self.settings.data_dir)
         self.jobs = JobRunner(self.registry)
         self.state = ServiceState(self.registry, self.settings, self.jobs)
+        self._fail_interrupted_jobs()
 
         self.grpc_server, self.grpc_port, self.health = build_grpc_server(
             self.registry, self.settings
@@ -110,6 +112,15 @@ class Service:
             target=self._bootstrap, name="bootstrap", daemon=True
         )
         self._bootstrap_thread.start()
+
+    def _fail_interrupted_jobs(self) -> None:
+        """Jobs left queued/running by a previous process can never finish: say so."""
+        for state in (JobState.QUEUED, JobState.RUNNING):
+            for job in self.registry.list_jobs(state=state):
+                self.registry.update_job(
+                    job.id, state=JobState.FAILED, message="interrupted by a server restart"
+                )
+                log.warning("job %s (%s) was interrupted by a restart", job.id, job.method)
 
     def _wait_for_rest_port(self, timeout: float = 30.0) -> int:
         started = threading.Event()

@@ -181,3 +181,29 @@ def test_generated_keys_are_private_and_stable(tmp_path):
     assert (tmp_path / "keys.json").stat().st_mode & 0o777 == 0o600
     explicit = resolve_keys(Settings(data_dir=tmp_path, admin_api_key="mine"))
     assert explicit.admin_api_key.get_secret_value() == "mine"
+
+
+def test_jobs_interrupted_by_a_restart_are_marked_failed(data_dir):
+    from server.app import Service
+    from server.registry.tables import JobState
+    from server.settings import Settings
+
+    with open_registry(None, data_dir) as registry:
+        running = registry.create_job("zil", {"epochs": 1})
+        registry.update_job(running.id, state=JobState.RUNNING, progress=0.4)
+        queued = registry.create_job("ff", {})
+        finished = registry.create_job("ff", {})
+        registry.update_job(finished.id, state=JobState.RUNNING)
+        registry.update_job(finished.id, state=JobState.SUCCEEDED)
+
+    settings = Settings(data_dir=data_dir, rest_port=0, grpc_port=0, bootstrap_model=False)
+    service = Service(settings)
+    service.start()
+    try:
+        jobs = {job.id: job for job in service.registry.list_jobs()}
+        for job_id in (running.id, queued.id):
+            assert jobs[job_id].state == JobState.FAILED
+            assert "restart" in jobs[job_id].message
+        assert jobs[finished.id].state == JobState.SUCCEEDED
+    finally:
+        service.stop()
