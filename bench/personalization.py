@@ -357,7 +357,7 @@ def plot(results: dict, path: Path) -> None:
     left.set_xticks(x, names, rotation=35, ha="right", fontsize=8)
     left.set_ylim(0, 1.02)
     left.set_title("shifted devices: accuracy and AUROC (Energy)")
-    left.legend(fontsize=8)
+    left.legend(fontsize=8, loc="lower left")
     alphas = [str(a) for a in ALPHAS]
     right.plot(ALPHAS, [results["alpha"][a]["he_seconds"] for a in alphas], "o-")
     right.set_xlabel("α (fraction of channels encrypted)")
