@@ -42,8 +42,14 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	@for f in docker/Dockerfile*; do [ -f "$$f" ] && $(BIN)/hadolint "$$f"; done; true
 
+# Every benchmark in quick mode (each writes bench/results/*.json and its BENCHMARKS.md section).
 bench: proto
 	$(BIN)/python -m bench.ood_baselines --quick
+	$(BIN)/python -m bench.base_model --quick
+	$(BIN)/python -m bench.personalization --quick
+	$(BIN)/python -m bench.device --quick
+	$(BIN)/python -m bench.service --quick
+	$(BIN)/python -m bench.methods --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
