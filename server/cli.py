@@ -47,9 +47,11 @@ def open_registry(settings: Settings):
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from server.jobs import JobRunner, console_progress
+    from server.methods.catalog import validate_config
 
     config = json.loads(args.config) if args.config else {}
     config.update(_parse_sets(args.set))
+    validate_config(args.method, config)  # a bad config fails before any progress bar
     registry = open_registry(settings)
     runner = JobRunner(registry)
     job, model = runner.run(args.method, config, progress=console_progress(args.method))
@@ -146,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # migrations are routine; their chatter is debug output
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         settings = Settings()
         return args.func(args, settings)
