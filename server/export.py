@@ -145,12 +145,16 @@ def int8_payload(bundle: ModelBundle, rgb: Tensor, flow: Tensor) -> dict[str, An
     }
 
 
-def calibration_tensors(n_clips: int = CALIBRATION_CLIPS, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """``n_clips`` random ID training clips as model inputs (rgb, flow)."""
-    from shared.data.digit_actions import load_split
+def calibration_tensors(
+    n_clips: int = CALIBRATION_CLIPS, seed: int = 0, bundle: ModelBundle | None = None
+) -> tuple[Tensor, Tensor]:
+    """``n_clips`` random ID training clips (of the data ``bundle`` was trained on) as inputs."""
+    from server.evaluation import data_config_of
+    from shared.data.digit_actions import DigitActionsConfig, load_split
     from shared.data.tensors import flow_to_tensor, frames_to_tensor
 
-    train = load_split("train")
+    data_config = data_config_of(bundle) if bundle is not None else DigitActionsConfig()
+    train = load_split("train", data_config)
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(len(train), size=min(n_clips, len(train)), replace=False))
     part = train.subset(idx)
@@ -159,7 +163,7 @@ def calibration_tensors(n_clips: int = CALIBRATION_CLIPS, seed: int = 0) -> tupl
 
 def export_int8_bytes(bundle: ModelBundle, n_clips: int = CALIBRATION_CLIPS) -> bytes:
     """Int8 artifact bytes of ``bundle``, calibrated on ``n_clips`` ID training clips."""
-    rgb, flow = calibration_tensors(n_clips)
+    rgb, flow = calibration_tensors(n_clips, bundle=bundle)
     return int8_payload_to_bytes(int8_payload(bundle, rgb, flow))
 
 
@@ -178,7 +182,9 @@ def export_latest_int8(
 
     record = registry.latest_model(name, "float")
     bundle = bundle_from_bytes(registry.artifacts.read_bytes(record.artifact_sha256))
-    rgb, flow = calibration if calibration is not None else calibration_tensors(n_clips)
+    if calibration is None:
+        calibration = calibration_tensors(n_clips, bundle=bundle)
+    rgb, flow = calibration
     data = int8_payload_to_bytes(int8_payload(bundle, rgb, flow))
     metrics = {"float_artifact_bytes": record.size_bytes, "int8_artifact_bytes": len(data)}
     return registry.register_model(

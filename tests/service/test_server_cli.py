@@ -44,6 +44,17 @@ def test_train_then_eval_json(data_dir, capsys):
     table = capsys.readouterr().out
     assert "near AUROC" in table and "Device shift" in table
 
+    # int8 export of the same version, calibrated on the model's own training data
+    assert main(["export", "--int8", "--calibration-clips", "16"]) == 0
+    from server.registry import open_registry
+    from shared.models.int8 import is_int8_artifact
+
+    with open_registry(None, data_dir) as registry:
+        float_record = registry.get_model("secdood_base", variant="float")
+        int8_record = registry.get_model("secdood_base", variant="int8")
+        assert int8_record.version == float_record.version == 1
+        assert is_int8_artifact(registry.artifacts.read_bytes(int8_record.artifact_sha256))
+
 
 @pytest.mark.parametrize(
     ("argv", "message"),
