@@ -16,12 +16,10 @@ import time
 import torch
 
 from bench.report import markdown_table, write_json, write_section
-from server.cli import BASE_MODEL, open_registry
+from server.cli import load_registered_bundle
 from server.evaluation import SEVERITIES, evaluate
-from server.jobs import ensure_model
 from server.settings import Settings
 from server.training.base_model import BaseModelConfig, train_base_model
-from shared.models.checkpoint import bundle_from_bytes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,9 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     train_wall = None
     if args.reuse or args.quick:
-        registry = open_registry(Settings())
-        record = ensure_model(registry, BASE_MODEL)
-        bundle = bundle_from_bytes(registry.artifacts.read_bytes(record.artifact_sha256))
+        record, bundle = load_registered_bundle(Settings(), train_if_missing=True)
         source = f"registry model {record.name} v{record.version}"
     else:
         started = time.perf_counter()

@@ -18,11 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from bench.report import IMAGES, markdown_table, write_json, write_section  # noqa: E402
-from server.cli import BASE_MODEL, open_registry  # noqa: E402
+from server.cli import load_registered_bundle  # noqa: E402
 from server.evaluation import data_config_of, detector_scores, embed_splits  # noqa: E402
-from server.jobs import ensure_model  # noqa: E402
 from server.settings import Settings  # noqa: E402
-from shared.models.checkpoint import bundle_from_bytes  # noqa: E402
 from shared.ood.metrics import accuracy, ood_metrics, roc_points  # noqa: E402
 from shared.ood.registry import DETECTORS  # noqa: E402
 from shared.pipeline import OODPipeline  # noqa: E402
@@ -54,9 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.parse_args(argv)
     torch.set_num_threads(2)
 
-    registry = open_registry(Settings())
-    record = ensure_model(registry, BASE_MODEL)
-    bundle = bundle_from_bytes(registry.artifacts.read_bytes(record.artifact_sha256))
+    record, bundle = load_registered_bundle(Settings(), train_if_missing=True)
     pipeline = OODPipeline(bundle)
     config = data_config_of(bundle)
     splits, embedded = embed_splits(pipeline, config)

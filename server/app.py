@@ -16,7 +16,6 @@ import os
 import secrets
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import uvicorn
 from pydantic import SecretStr
@@ -216,8 +215,3 @@ def serve(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
     service.wait()
-
-
-def data_dir_keys(data_dir: Path) -> dict[str, str]:
-    """The generated keys of a data directory (for the demo and operators)."""
-    return json.loads((data_dir / "keys.json").read_text())

@@ -63,13 +63,26 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def load_registered_bundle(settings: Settings, name: str, version: int | None):
-    """Load a registered base model (NotFoundError when the registry has none)."""
+def load_registered_bundle(
+    settings: Settings,
+    name: str = BASE_MODEL,
+    version: int | None = None,
+    train_if_missing: bool = False,
+):
+    """``(record, bundle)`` of a registered base model.
+
+    NotFoundError when it is absent, unless ``train_if_missing`` (then the
+    default config is trained first, with a progress bar).
+    """
+    from server.jobs import ensure_model
     from shared.models.checkpoint import bundle_from_bytes
 
-    registry = open_registry(settings)
-    record = registry.get_model(name, version=version)
-    return record, bundle_from_bytes(registry.artifacts.read_bytes(record.artifact_sha256))
+    with open_registry(settings) as registry:
+        if train_if_missing and version is None:
+            record = ensure_model(registry, name)
+        else:
+            record = registry.get_model(name, version=version)
+        return record, bundle_from_bytes(registry.artifacts.read_bytes(record.artifact_sha256))
 
 
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:

@@ -27,7 +27,7 @@ from device_client.gateway_client import GatewayClient
 from device_client.personalization import Personalizer
 from device_client.simulated_camera import simulated_stream
 from server.app import HYPERNETWORK, Service
-from server.cli import BASE_MODEL, open_registry
+from server.cli import BASE_MODEL, load_registered_bundle, open_registry
 from server.evaluation import evaluate, format_report
 from server.jobs import ensure_model
 from server.settings import Settings
@@ -150,8 +150,9 @@ def main() -> int:
     hypernet = ensure_model(registry, HYPERNETWORK)
     print(f"HyperNetwork {hypernet.name} v{hypernet.version}: {hypernet.metrics}")
     registry.close()
-    bundle_path = Path(tempfile.mkdtemp()) / "model.pt"
-    print(format_report(evaluate(_load(settings, record), shift_clips=120)))
+    devices_dir = Path(tempfile.mkdtemp(prefix="secdood-demo-devices-"))
+    _, bundle = load_registered_bundle(settings, record.name, record.version)
+    print(format_report(evaluate(bundle, shift_clips=120)))
 
     section("2. Cloud up: gRPC gateway + REST API")
     service = Service(settings.model_copy(update={"rest_port": 0, "grpc_port": 0}))
@@ -165,7 +166,7 @@ def main() -> int:
 
         section("3. Two devices with different camera shifts")
         key = service.settings.enrollment_key.get_secret_value()
-        rows = [run_device(*device, target, key, bundle_path.parent) for device in DEVICES]
+        rows = [run_device(*device, target, key, devices_dir) for device in DEVICES]
         print_devices(rows)
 
         section("4. An application scores a clip over REST")
@@ -186,16 +187,6 @@ def main() -> int:
         service.stop()
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; data in {settings.data_dir}/")
     return 0
-
-
-def _load(settings: Settings, record):
-    from shared.models.checkpoint import bundle_from_bytes
-
-    registry = open_registry(settings)
-    try:
-        return bundle_from_bytes(registry.artifacts.read_bytes(record.artifact_sha256))
-    finally:
-        registry.close()
 
 
 if __name__ == "__main__":
