@@ -39,9 +39,7 @@ def render(results: dict[str, Any]) -> str:
     ]
     modes = {name: results[name].get("quick", results.get("quick")) for name in FAMILIES}
     mode = ", ".join(
-        f"{name} {'quick' if quick else 'full'}"
-        for name, quick in modes.items()
-        if name in results
+        f"{name} {'quick' if quick else 'full'}" for name, quick in modes.items() if name in results
     )
     return (
         f"Mode: {mode}. Each method's page in docs/algorithms/ explains the protocol and "

@@ -45,21 +45,31 @@ from shared.methods.boolean_data import BOOLEAN_TASKS, load_boolean_task
 Backend = Literal["packed", "float"]
 
 
-def count_and_packed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``Σ_s a[s, p] AND b[s, q]`` for bool ``a [S, P]``, ``b [S, Q]`` → int ``[P, Q]``."""
-    pa, pb = pack_bits(np.ascontiguousarray(a.T)), pack_bits(np.ascontiguousarray(b.T))
-    return np.bitwise_count(pa[:, None, :] & pb[None, :, :]).sum(axis=-1, dtype=np.int64)
+def count_agreeing_packed(on: np.ndarray, off: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """``Σ_s (on[s,p] AND a[s,q]) OR (off[s,p] AND NOT a[s,q])`` → int ``[P, Q]`` (bit-packed).
+
+    ``on``/``off`` are bool ``[S, P]`` and never both set; ``a`` bool ``[S, Q]``. Packed
+    along the sample axis: one AND/OR word operation and a popcount per 64 samples.
+    """
+    p_on, p_off = pack_bits(np.ascontiguousarray(on.T)), pack_bits(np.ascontiguousarray(off.T))
+    p_a, p_not_a = pack_bits(np.ascontiguousarray(a.T)), pack_bits(np.ascontiguousarray(~a.T))
+    words = (p_on[:, None, :] & p_a[None, :, :]) | (p_off[:, None, :] & p_not_a[None, :, :])
+    return np.bitwise_count(words).sum(axis=-1, dtype=np.int64)
 
 
-def count_and_float(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Same numbers as :func:`count_and_packed` by a float32 matrix product."""
-    return np.rint(a.T.astype(np.float32) @ b.astype(np.float32)).astype(np.int64)
+def count_agreeing_float(on: np.ndarray, off: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Same numbers as :func:`count_agreeing_packed` by float32 matrix products."""
+    af = a.astype(np.float32)
+    counts = on.T.astype(np.float32) @ af + off.T.astype(np.float32) @ (1 - af)
+    return np.rint(counts).astype(np.int64)
 
 
-COUNT_KERNELS = {"packed": count_and_packed, "float": count_and_float}
+COUNT_KERNELS = {"packed": count_agreeing_packed, "float": count_agreeing_float}
 
 
-def init_boolean_network(sizes: list[int], seed: int, backend: Backend = "packed") -> BooleanNetwork:
+def init_boolean_network(
+    sizes: list[int], seed: int, backend: Backend = "packed"
+) -> BooleanNetwork:
     """Uniformly random weight bits; ``sizes`` are layer widths, inputs first."""
     if len(sizes) < 2 or any(n <= 0 for n in sizes):
         raise ValueError(f"sizes must be ≥ 2 positive widths, got {sizes}")
@@ -79,7 +89,11 @@ def output_targets(agreements: np.ndarray, fan_in: int, labels: np.ndarray) -> n
     """
     labels = np.asarray(labels)
     n_samples, n_classes = agreements.shape
-    if labels.shape != (n_samples,) or labels.min(initial=0) < 0 or labels.max(initial=0) >= n_classes:
+    if (
+        labels.shape != (n_samples,)
+        or labels.min(initial=0) < 0
+        or labels.max(initial=0) >= n_classes
+    ):
         raise ValueError(f"labels must be [{n_samples}] class ids in [0, {n_classes - 1}]")
     rows = np.arange(n_samples)
     winners = agreements.argmax(axis=1)
@@ -119,11 +133,11 @@ def boolean_backprop_step(
         # wanting the other value drive a flip; wrong and fragile samples content with the
         # current value veto it (flipping would break their vote).
         t_on, t_off = wrong & t, wrong & ~t
-        f_on, f_off = fragile & t, fragile & ~t
-        wrong_one = count(t_on, a) + count(t_off, ~a)
-        wrong_zero = count(t_on, ~a) + count(t_off, a)
-        fragile_one = count(f_on, a) + count(f_off, ~a)
-        fragile_zero = count(f_on, ~a) + count(f_off, a)
+        # wanting w_ji = 1 means t == a_i; each counted sample wants exactly one value
+        wrong_one = count(t_on, t_off, a)
+        wrong_zero = wrong.sum(axis=0)[:, None] - wrong_one
+        fragile_one = count(fragile & t, fragile & ~t, a)
+        fragile_zero = fragile.sum(axis=0)[:, None] - fragile_one
         drive = np.where(w, wrong_zero, wrong_one)
         veto = np.where(w, wrong_one + fragile_one, wrong_zero + fragile_zero)
         flip = (drive > veto + min_votes) & (rng.random(w.shape) < flip_rate)
@@ -132,12 +146,113 @@ def boolean_backprop_step(
             a_hidden = a[:, :n_in]
             w_hidden = w[:, :n_in]
             # each wrong neuron j wants a_i = XNOR(w_ji, t_j); majority over wrong j
-            votes_one = count(t_on.T, w_hidden) + count(t_off.T, ~w_hidden)
+            votes_one = count(t_on.T, t_off.T, w_hidden)
             votes_zero = wrong.sum(axis=1, keepdims=True) - votes_one
-            desired = np.where(votes_one > votes_zero, True, np.where(votes_zero > votes_one, False, a_hidden))
+            desired = np.where(
+                votes_one > votes_zero, True, np.where(votes_zero > votes_one, False, a_hidden)
+            )
             # minimal disturbance: ask only hidden units close to their threshold to change
             slack = np.abs(2 * agreements[k - 1] - net.weights[k - 1].shape[1])
             passed = slack <= hidden_margin
             t = np.where(passed, desired, a_hidden)
         net.weights[k] = w ^ flip
     return wrong_outputs
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+class BooleanBPConfig(BaseModel):
+    """Train a Boolean network by Boolean backprop on one binary task."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field("digits", description=f"one of {', '.join(BOOLEAN_TASKS)}")
+    hidden_sizes: list[int] = Field(default_factory=lambda: [128], min_length=1)
+    epochs: int = Field(16, gt=0, description="upper bound; stops early once training is exact")
+    batch_size: int = Field(32, gt=0)
+    flip_rate: float = Field(
+        0.1, gt=0, le=1, description="share of voted flips applied (in epoch 1 when annealed)"
+    )
+    margin: int = Field(5, ge=1, description="correct outputs within this slack veto flips")
+    hidden_margin: int = Field(9, ge=1, description="hidden units within this slack get errors")
+    anneal: bool = Field(True, description="divide flip_rate by the epoch number")
+    backend: Backend = "packed"
+    seed: int = 0
+
+    def model_post_init(self, _context: Any) -> None:
+        if self.task not in BOOLEAN_TASKS:
+            raise ValueError(f"unknown task {self.task!r}; expected one of {BOOLEAN_TASKS}")
+        if any(n <= 0 for n in self.hidden_sizes):
+            raise ValueError(f"hidden_sizes must be positive, got {self.hidden_sizes}")
+
+
+def accuracy(net: BooleanNetwork, x: np.ndarray, y: np.ndarray) -> float:
+    """Fraction of correct class predictions."""
+    return float((net.predict(x) == y).mean())
+
+
+def train_boolean_network(
+    config: BooleanBPConfig,
+    x: np.ndarray,
+    y: np.ndarray,
+    classes: int,
+    progress: ProgressFn = no_progress,
+) -> tuple[BooleanNetwork, int]:
+    """Boolean backprop on ``x`` bool ``[N, n]``, ``y`` ``[N]``; returns the net and epochs run."""
+    x = check_binary(x, "training inputs")
+    sizes = [x.shape[1], *config.hidden_sizes, classes]
+    net = init_boolean_network(sizes, config.seed, config.backend)
+    rng = np.random.default_rng(config.seed)
+    epoch = 0
+    for epoch in range(1, config.epochs + 1):
+        order = rng.permutation(len(y))
+        for start in range(0, len(order), config.batch_size):
+            idx = order[start : start + config.batch_size]
+            boolean_backprop_step(
+                net,
+                x[idx],
+                y[idx],
+                rng,
+                config.flip_rate / epoch if config.anneal else config.flip_rate,
+                margin=config.margin,
+                hidden_margin=config.hidden_margin,
+            )
+        train_acc = accuracy(net, x, y)
+        progress(epoch / config.epochs, f"epoch {epoch}: train accuracy {train_acc:.3f}")
+        if train_acc == 1.0:
+            break
+    return net, epoch
+
+
+class BooleanBPTrainer:
+    """Registry trainer ``"boolean_bp"``."""
+
+    name = "boolean_bp"
+    config_model: type[BaseModel] = BooleanBPConfig
+
+    def train(self, config: BaseModel, progress: ProgressFn = no_progress) -> TrainResult:
+        """Train on ``config.task``; metrics: train/test accuracy, epochs run, seconds."""
+        if not isinstance(config, BooleanBPConfig):
+            config = BooleanBPConfig.model_validate(config.model_dump())
+        data = load_boolean_task(config.task)
+        start = time.perf_counter()
+        net, epochs_run = train_boolean_network(
+            config, data.x_train, data.y_train, data.classes, progress
+        )
+        seconds = time.perf_counter() - start
+        metrics = {
+            "train_accuracy": accuracy(net, data.x_train, data.y_train),
+            "test_accuracy": accuracy(net, data.x_test, data.y_test),
+            "epochs_run": epochs_run,
+            "train_seconds": seconds,
+        }
+        state = {**net.state_dict(), "task": config.task}
+        return TrainResult(state=state, metrics=metrics, config=config.model_dump())
+
+    def load(self, state: dict[str, Any]) -> BooleanNetwork:
+        """Inference-ready :class:`BooleanNetwork` (``predict(x_bits)``)."""
+        return BooleanNetwork.from_state(state)
+
+
+TRAINER = BooleanBPTrainer()

@@ -28,6 +28,13 @@ METHOD_PATHS: dict[str, str] = {
     "pc_bp": "server.methods.predictive_coding:BP_TRAINER",
     # Expectation Backpropagation (binary weights, mean-field)
     "ebp": "server.methods.ebp:TRAINER",
+    # Boolean backpropagation (bit-packed XNOR-majority network, purely logical updates)
+    "boolean_bp": "server.methods.boolean_bp:TRAINER",
+    # spike-train-level recurrent SNN and its BPTT baseline
+    "st_rsbp": "server.methods.st_rsbp:TRAINER",
+    "bptt_rsnn": "server.methods.st_rsbp:BPTT_TRAINER",
+    # LACTOSE: one parameter set per interval of a conditioning input
+    "lactose": "server.methods.lactose:TRAINER",
 }
 
 

@@ -55,8 +55,6 @@ def load_boolean_task(name: str) -> BooleanTask:
         digits = load_digits()
         x = digits.data > 8
         y = digits.target.astype(np.int64)
-        x_tr, x_te, y_tr, y_te = train_test_split(
-            x, y, test_size=0.25, random_state=0, stratify=y
-        )
+        x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
         return BooleanTask(x_tr, y_tr, x_te, y_te, 10)
     raise ValueError(f"unknown Boolean task {name!r}; expected one of {', '.join(BOOLEAN_TASKS)}")
