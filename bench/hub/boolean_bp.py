@@ -54,7 +54,7 @@ def throughput(repeats: int) -> dict[str, float]:
         rng = np.random.default_rng(0)
         infer = median_seconds(lambda n=net: n.predict(x), repeats=repeats)
         step = median_seconds(
-            lambda n=net: boolean_backprop_step(n, x[:32], y[:32], rng, 0.0), repeats=repeats
+            lambda n=net, r=rng: boolean_backprop_step(n, x[:32], y[:32], r, 0.0), repeats=repeats
         )
         result[f"{backend}_inference_samples_per_s"] = len(x) / infer
         result[f"{backend}_train_samples_per_s"] = 32 / step

@@ -35,7 +35,7 @@ def test_pack_round_trip_and_kernels_agree() -> None:
 def test_packed_and_float_training_give_identical_weights() -> None:
     data = load_boolean_task("digits")
     nets = {b: init_boolean_network([64, 24, 10], 3, b) for b in ("packed", "float")}
-    for backend, net in nets.items():
+    for net in nets.values():
         rng = np.random.default_rng(1)
         for start in range(0, 256, 32):
             boolean_backprop_step(
@@ -43,7 +43,9 @@ def test_packed_and_float_training_give_identical_weights() -> None:
             )
     changed = sum(
         int((w != w0).sum())
-        for w, w0 in zip(nets["packed"].weights, init_boolean_network([64, 24, 10], 3).weights)
+        for w, w0 in zip(
+            nets["packed"].weights, init_boolean_network([64, 24, 10], 3).weights, strict=True
+        )
     )
     assert changed > 0
     for wp, wf in zip(nets["packed"].weights, nets["float"].weights, strict=True):
