@@ -25,7 +25,7 @@ WORD_BITS = 64
 
 
 def bias_bits(n_in: int) -> int:
-    """Constant-one inputs appended to ``n_in`` inputs: about ``n_in / 2``, making the fan-in odd."""
+    """Constant-one inputs appended to ``n_in`` inputs: about ``n_in / 2``, fan-in made odd."""
     half = n_in // 2
     return half + (1 if (n_in + half) % 2 == 0 else 0)
 
@@ -67,7 +67,7 @@ def with_bias(a: np.ndarray) -> np.ndarray:
 
 
 def disagreements_packed(a: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """``popcount(a_s XOR w_j)`` for bool ``a [S, n]``, ``w [J, n]`` → int ``[S, J]``, bit-packed."""
+    """``popcount(a_s XOR w_j)`` for bool ``a [S, n]``, ``w [J, n]``: int ``[S, J]``, packed."""
     pa, pw = pack_bits(a), pack_bits(w)
     return np.bitwise_count(pa[:, None, :] ^ pw[None, :, :]).sum(axis=-1, dtype=np.int64)
 
