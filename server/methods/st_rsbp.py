@@ -3,16 +3,18 @@
 Zhang & Li, "Spike-Train Level Backpropagation for Training Deep Recurrent
 Spiking Neural Networks", NeurIPS 2019. The network and the spike-train-level
 PSPs ``e_{i|j}`` are defined in :mod:`shared.methods.st_rsbp`. The rule works on
-whole spike trains: with ``a_i = Σ_j w_ij e_{i|j}`` and the firing count
-``o_i ≈ a_i / ν``::
+whole spike trains: with the spike-train-level activation ``a_i = Σ_j w_ij e_{i|j}``
+and the firing count ``o_i`` proportional to it (slope ``g_i = o_i / a_i``, measured
+per sample — the paper's ``1/ν`` holds only when resets are part of ``a``)::
 
     loss      L = ½ Σ_k (o_k − y_k)²                  (y: target counts per class)
-    output    δ_k = (o_k − y_k) / ν,                  ∂L/∂w_kh = δ_k e_{k|h}
-    hidden    δ_h = c_h (Σ_k δ_k w_kh e_{k|h} + Σ_m δ_m r_mh e_{m|h}),  c_h = 1 / (ν o_h)
+    output    δ_k = (o_k − y_k) g_k,                  ∂L/∂w_kh = δ_k e_{k|h}
+    hidden    δ_h = c_h (Σ_k δ_k w_kh e_{k|h} + Σ_m δ_m r_mh e_{m|h}),  c_h = g_h / o_h = 1 / a_h
               ∂L/∂w_hi = δ_h e_{h|i},                 ∂L/∂r_hm = δ_h e_{h|m}
 
-using ``∂e_{i|j}/∂o_j ≈ e_{i|j} / o_j``. The hidden errors appear on both sides
-(the recurrent term), so they are found by solving the linear system
+using ``∂e_{i|j}/∂o_j ≈ e_{i|j} / o_j`` (activations clamped below at ν). The
+hidden errors appear on both sides (the recurrent term), so they are found by
+solving the linear system
 ``(I − diag(c) Bᵀ) δ_h = diag(c) Aᵀ δ_out`` per sample — the recurrence is
 handled at spike-train level, never unrolled in time. A silent neuron is
 treated as if it fired once at its membrane's peak (so ``o ≥ 1`` in ``c`` and
@@ -59,7 +61,6 @@ def st_rsbp_gradients(
     trace = net.run(inputs)
     nu = net.threshold
     counts_out = trace.output_spikes.sum(0)
-    counts_hidden = trace.hidden_spikes.sum(0)
     eff_out = effective_spikes(trace.output_spikes, trace.output_membrane)
     eff_hidden = effective_spikes(trace.hidden_spikes, trace.hidden_membrane)
     e_out_hidden = torch.einsum("tbo,tbh->boh", eff_out, trace.hidden_kernel)

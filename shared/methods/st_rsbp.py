@@ -46,7 +46,7 @@ def rows_encode(
 def encode_task(
     x: torch.Tensor, task: str, time_steps: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Spike input ``[T, N, C]`` of ``task``; for ``rows`` ``time_steps`` must be a multiple of 8."""
+    """Spike input ``[T, N, C]`` of ``task`` (``rows``: ``time_steps`` a multiple of 8)."""
     if task == "rows":
         if time_steps % 8:
             raise ValueError(f"rows task needs time_steps divisible by 8, got {time_steps}")
