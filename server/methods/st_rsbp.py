@@ -35,7 +35,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.methods.base import ProgressFn, TrainResult, no_progress
-from server.methods.forward_forward import load_digits_split
+from shared.methods.digits import load_digits_split
 from shared.methods.st_rsbp import TASKS, RecurrentSNN, encode_task
 
 Rule = Literal["st_rsbp", "bptt"]

@@ -6,7 +6,6 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from server.methods.forward_forward import load_digits_split
 from server.methods.st_rsbp import (
     TRAINER,
     RSNNConfig,
@@ -15,6 +14,7 @@ from server.methods.st_rsbp import (
     effective_spikes,
     st_rsbp_gradients,
 )
+from shared.methods.digits import load_digits_split
 from shared.methods.st_rsbp import RecurrentSNN, encode_task, rows_encode
 
 
