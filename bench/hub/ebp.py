@@ -117,9 +117,10 @@ def table(results: dict[str, Any], passes: str) -> str:
         "|---|---|---|---|---|---|",
     ]
     for task, res in results.items():
-        if passes not in res["passes"]:
+        by_passes = res.get("passes", {"1": res})  # results saved before passes existed
+        if passes not in by_passes:
             continue
-        row = res["passes"][passes]
+        row = by_passes[passes]
         lrs = ", ".join(f"{lr:.2g}" for lr in sorted(set(row["bp_chosen_lr"])))
         cells = " | ".join(_cell(row[key]) for key in READ_OUTS)
         lines.append(f"| {task} | {len(res['folds'])} | {cells} | {lrs} |")
