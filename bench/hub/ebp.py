@@ -140,8 +140,8 @@ def markdown(r: dict[str, Any]) -> str:
     earlier = r.get("one_pass_8_fold")
     if earlier:
         parts.append(
-            "**one pass, all 8 folds** (the earlier full run; its folds 0–2 are the rows "
-            "above, bit for bit)\n\n" + table(earlier["tasks"], "1")
+            "**one pass, all 8 folds** (the earlier full run; on the folds above it gives the "
+            "same one-pass numbers, bit for bit)\n\n" + table(earlier["tasks"], "1")
         )
     return "\n\n".join(parts)
 
