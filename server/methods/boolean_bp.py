@@ -53,8 +53,12 @@ def count_agreeing_packed(on: np.ndarray, off: np.ndarray, a: np.ndarray) -> np.
     """
     p_on, p_off = pack_bits(np.ascontiguousarray(on.T)), pack_bits(np.ascontiguousarray(off.T))
     p_a, p_not_a = pack_bits(np.ascontiguousarray(a.T)), pack_bits(np.ascontiguousarray(~a.T))
-    words = (p_on[:, None, :] & p_a[None, :, :]) | (p_off[:, None, :] & p_not_a[None, :, :])
-    return np.bitwise_count(words).sum(axis=-1, dtype=np.int64)
+    total = np.zeros((p_on.shape[0], p_a.shape[0]), dtype=np.int64)
+    for k in range(p_on.shape[1]):  # one 64-sample word column at a time
+        words = np.bitwise_and.outer(p_on[:, k], p_a[:, k])
+        words |= np.bitwise_and.outer(p_off[:, k], p_not_a[:, k])
+        total += np.bitwise_count(words)
+    return total
 
 
 def count_agreeing_float(on: np.ndarray, off: np.ndarray, a: np.ndarray) -> np.ndarray:

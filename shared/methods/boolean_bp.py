@@ -67,9 +67,16 @@ def with_bias(a: np.ndarray) -> np.ndarray:
 
 
 def disagreements_packed(a: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """``popcount(a_s XOR w_j)`` for bool ``a [S, n]``, ``w [J, n]``: int ``[S, J]``, packed."""
+    """``popcount(a_s XOR w_j)`` for bool ``a [S, n]``, ``w [J, n]``: int ``[S, J]``, packed.
+
+    One word column at a time (``n / 64`` outer XORs): numpy broadcasting over a
+    short last axis is several times slower than these contiguous 2-D passes.
+    """
     pa, pw = pack_bits(a), pack_bits(w)
-    return np.bitwise_count(pa[:, None, :] ^ pw[None, :, :]).sum(axis=-1, dtype=np.int64)
+    total = np.zeros((pa.shape[0], pw.shape[0]), dtype=np.int64)
+    for k in range(pa.shape[1]):
+        total += np.bitwise_count(np.bitwise_xor.outer(pa[:, k], pw[:, k]))
+    return total
 
 
 def disagreements_float(a: np.ndarray, w: np.ndarray) -> np.ndarray:
