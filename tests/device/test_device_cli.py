@@ -98,6 +98,7 @@ def test_enroll_download_and_run(server_target, state_dir, video, registry, caps
             verdicts.labels[index],
             f"{verdicts.ood_score[index].item():.4f}",
             "OOD" if verdicts.is_ood[index] else "ID",
+            "global",
         ]
     n_ood = int(verdicts.is_ood.sum())
     assert out[-2].startswith(f"summary: 3 clips, {n_ood} OOD")
