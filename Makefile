@@ -29,7 +29,7 @@ proto: $(STAMP)
 	@if [ -n "$(PROTOS)" ]; then $(BIN)/python -m shared.protogen; fi
 
 demo: proto
-	$(BIN)/python -m server.demo
+	$(BIN)/python scripts/demo.py
 
 test: proto
 	$(BIN)/python -m pytest -q -x --durations=15

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from google.protobuf.json_format import MessageToDict
 
+from device_client.channel_selection import DEFAULT_WINDOW
 from device_client.commands import personalize as personalize_command
 from device_client.commands import run as run_command
 from device_client.commands.common import (
@@ -191,6 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="score with the personalised head (cached theta at once, refreshed when the "
         "drift rule fires; offline the cached theta is used and marked stale)",
+    )
+    run.add_argument(
+        "--window",
+        type=int,
+        default=DEFAULT_WINDOW,
+        metavar="CLIPS",
+        help="with --personalize: theta is refreshed from the mean of this many recent clips "
+        f"(default {DEFAULT_WINDOW}); automatic refreshes wait for a full window",
     )
     run.add_argument(
         "--theta-max-age",

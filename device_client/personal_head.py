@@ -18,9 +18,6 @@ from device_client.gateway_client import ServerUnreachableError
 from device_client.keyring import DeviceKeyring
 from device_client.personalization import Personalizer
 
-#: embeddings the window needs before the first automatic refresh in a run
-RUN_MIN_WINDOW = 16
-
 
 class PersonalHead:
     """Callable head for :meth:`DeviceRuntime.score_clips`: z [N, D] → logits or None."""

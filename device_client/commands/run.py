@@ -167,7 +167,7 @@ def _run_report(args, flags: list[bool], truth, head, mean_ms: float, threshold:
 def _personal_head(args, state: DeviceState, config, path: Path):
     """The personalised head for ``run --personalize`` (cached Θ at once, refreshed by drift)."""
     from device_client.keyring import DeviceKeyring
-    from device_client.personal_head import RUN_MIN_WINDOW, PersonalHead
+    from device_client.personal_head import PersonalHead
 
     identity = state.load_identity()
     keyring = DeviceKeyring(state)
@@ -179,7 +179,8 @@ def _personal_head(args, state: DeviceState, config, path: Path):
         config.embed_dim,
         config.num_classes,
         model_key=model_key(args, state, path),
-        min_window=RUN_MIN_WINDOW,
+        window=args.window,
+        min_window=args.window,
         max_age_s=args.theta_max_age,
     )
     return PersonalHead(personalizer, keyring)

@@ -149,7 +149,12 @@ def test_personalize_then_score_offline_from_the_cache_and_recover(
 
     # Cloud down: a restarted device scores personalised from its cache and says it is stale.
     gateway.stop()
-    assert main(["run", "--source", str(video), "--personalize", "--json", "--quiet"]) == 0
+    assert (
+        main(
+            ["run", "--source", str(video), "--personalize", "--json", "--quiet", "--window", "16"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out.strip().splitlines()
     rows = [line.split() for line in out[1:-2]]
     assert len(rows) == 20
@@ -168,7 +173,12 @@ def test_personalize_then_score_offline_from_the_cache_and_recover(
 
     # Cloud back on the same address: the next run refreshes Θ by itself.
     gateway.start()
-    assert main(["run", "--source", str(video), "--personalize", "--json", "--quiet"]) == 0
+    assert (
+        main(
+            ["run", "--source", str(video), "--personalize", "--json", "--quiet", "--window", "16"]
+        )
+        == 0
+    )
     report = json_tail(capsys.readouterr().out)
     assert report["stale"] is False and report["theta_status"] == "fresh"
     assert report["refreshes"] == 1
