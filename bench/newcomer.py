@@ -152,21 +152,20 @@ def summarise(rows: list[dict]) -> list[list]:
     for corruption, severity in dict.fromkeys((r["corruption"], r["severity"]) for r in rows):
         group = [r for r in rows if (r["corruption"], r["severity"]) == (corruption, severity)]
         for head in ("global", "personalised"):
-
-            def mean(key: str, head: str = head) -> float:
-                return float(np.mean([r[head][key] for r in group]))
-
+            means = {
+                key: float(np.mean([r[head][key] for r in group]))
+                for key in ("id_flagged_rate", "ood_flagged_rate", "auroc")
+            }
+            met = f"{sum(r['meets_targets'] for r in group)}/{len(group)}"
             table.append(
                 [
                     f"{corruption} {severity}",
                     head,
                     len(group),
-                    f"{100 * mean('id_flagged_rate'):.1f} %",
-                    f"{100 * mean('ood_flagged_rate'):.1f} %",
-                    f"{mean('auroc'):.3f}",
-                    f"{sum(r['meets_targets'] for r in group)}/{len(group)}"
-                    if head == "personalised"
-                    else "",
+                    f"{100 * means['id_flagged_rate']:.1f} %",
+                    f"{100 * means['ood_flagged_rate']:.1f} %",
+                    f"{means['auroc']:.3f}",
+                    met if head == "personalised" else "",
                 ]
             )
     return table
@@ -195,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(row)
                     g, p = row["global"], row["personalised"]
                     print(
-                        f"{corruption} {severity} seed {seed}: ID flagged {g['id_flagged_rate']:.2f}"
-                        f" → {p['id_flagged_rate']:.2f}, OOD flagged {g['ood_flagged_rate']:.2f} → "
+                        f"{corruption} {severity} seed {seed}: ID flagged "
+                        f"{g['id_flagged_rate']:.2f} → {p['id_flagged_rate']:.2f}, "
+                        f"OOD flagged {g['ood_flagged_rate']:.2f} → "
                         f"{p['ood_flagged_rate']:.2f}, AUROC {g['auroc']:.3f} → {p['auroc']:.3f}",
                         flush=True,
                     )
