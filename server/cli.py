@@ -143,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve",
         help="start the gRPC gateway and the REST API",
-        description="Start the gRPC device gateway and the REST API in one process. Every "
-        "setting is read from a SECDOOD_* environment variable; the options below override "
+        description="Start the gRPC device gateway and the REST API in one process.\nEvery "
+        "setting is read from a SECDOOD_* environment variable; the options below\noverride "
         "the most common ones.",
         epilog=settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -159,7 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_help() -> str:
     """The SECDOOD_* settings with their defaults, for ``serve --help``."""
-    lines = ["settings (environment variables; see docs/operations.md):"]
+    lines = [
+        "settings (environment variables; see docs/operations.md). Unset keys are generated",
+        "on first start into $SECDOOD_DATA_DIR/keys.json (mode 0600).",
+    ]
     for name, field in Settings.model_fields.items():
         default = "unset" if field.default is None else field.default
         what = f" — {field.description}" if field.description else ""
