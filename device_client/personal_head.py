@@ -53,6 +53,21 @@ class PersonalHead:
         self.clips_global += n
         return None
 
+    def telemetry(self) -> dict[str, float]:
+        """Numbers for the telemetry report (never Θ, never an embedding)."""
+        p = self.personalizer
+        return {
+            "personalised": 1.0,
+            "theta_stale": float(p.stale),
+            "hypernet_version": float(p.hypernet.version if p.hypernet else 0),
+            "theta_refreshes": float(p.refreshes),
+        }
+
+    def close(self) -> None:
+        client = getattr(self.personalizer.transport, "client", None)
+        if client is not None:
+            client.close()
+
     def describe(self) -> str:
         """What the last batch was scored with, for the report line."""
         p = self.personalizer

@@ -13,12 +13,13 @@ import numpy as np
 
 from device_client.commands.common import (
     DEFAULT_MODEL,
+    PROG,
     CliError,
     connect,
     model_path,
     model_variant,
 )
-from device_client.gateway_client import GatewayClient
+from device_client.gateway_client import GatewayClient, ServerUnreachableError
 from device_client.state import DeviceState
 
 #: clips scored per forward pass; small enough for a Raspberry Pi's memory
@@ -107,18 +108,24 @@ def run(args: argparse.Namespace, state: DeviceState) -> int:
         f"adapt {args.adapt}{', int8' if runtime.is_int8 else ''}, "
         f"head {head.describe() if head is not None else 'global'}; {source.end_reason}"
     )
+    if head is not None:
+        head.close()
     if args.report:
         client, _identity = connect(state)
         info = state.load_model_info(DEFAULT_MODEL, "int8" if args.int8 else args.variant) or {}
-        with client:
-            client.report_telemetry(
-                clips_scored=n_clips,
-                ood_flagged=n_ood,
-                mean_latency_ms=mean_ms,
-                frames_per_second=n_clips * config.n_frames / seconds if seconds > 0 else 0.0,
-                model_sha256=info.get("sha256", "") if not args.model else "",
-            )
-        print("telemetry reported")
+        try:
+            with client:
+                client.report_telemetry(
+                    clips_scored=n_clips,
+                    ood_flagged=n_ood,
+                    mean_latency_ms=mean_ms,
+                    frames_per_second=n_clips * config.n_frames / seconds if seconds > 0 else 0.0,
+                    model_sha256=info.get("sha256", "") if not args.model else "",
+                    metrics=head.telemetry() if head is not None else None,
+                )
+            print("telemetry reported")
+        except ServerUnreachableError:  # the scores stand; the report waits for the next run
+            print(f"{PROG}: telemetry not sent: {client.target} unreachable", file=sys.stderr)
     if args.json:
         print(json.dumps(_run_report(args, flags, truth, head, mean_ms, threshold)))
     return 0
