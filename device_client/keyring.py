@@ -11,7 +11,8 @@ other code wires a context by hand:
   remembered in ``he/upload.json``. It is uploaded again by itself when the cloud
   answers FAILED_PRECONDITION (it lost the context) or refuses the ciphertext as
   not parsing under the context it holds (it holds another key or other CKKS
-  parameters), and when the device's CKKS parameters change (new keys).
+  parameters), and when the device's CKKS parameters change (new keys); the rule
+  lives in :mod:`device_client.context_upload`.
 - **Θ**: every refresh of the per-device Θ is saved to ``theta.json`` (0600) with
   the HyperNetwork's name, version and sha256, the base model it belongs to and
   the time, so a restarted device scores personalised at once, even offline.
@@ -36,16 +37,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import tenseal as ts
 
-from device_client.gateway_client import (
-    GatewayClient,
-    GatewayClientError,
-    PersonalizeReply,
-    ServerUnreachableError,
-)
+from device_client.context_upload import UploadingTransport
+from device_client.gateway_client import GatewayClient
 from device_client.personalization import (
     HyperNetIdentity,
     PersonalizeMode,
@@ -64,8 +60,6 @@ SETTINGS_FILE = "personalization.json"
 THETA_FILE = "theta.json"
 #: CKKS parameters of new keys (the product's defaults; see :class:`shared.he.CKKSParams`)
 DEFAULT_PARAMS = CKKSParams()
-#: the cloud's message when a ciphertext was made under another context than the one it holds
-FOREIGN_CIPHERTEXT = "does not parse under this device's context"
 
 
 class KeyringError(ValueError):
@@ -360,7 +354,7 @@ class DeviceKeyring:
         next refresh). ``client`` may be None for offline scoring from the cache.
         """
         settings = settings or self.settings()
-        transport = KeyringTransport(self, client, server, device_id)
+        transport = UploadingTransport(self, client, server, device_id)
         context = self.context() if settings.encrypted else None
 
         def remember(snapshot: ThetaSnapshot) -> None:
@@ -394,53 +388,3 @@ class DeviceKeyring:
             and cached.alpha == settings.alpha
             and cached.encrypted == settings.encrypted
         )
-
-
-class KeyringTransport:
-    """Carries Personalize requests; uploads the public context when the cloud needs it.
-
-    Retries a request once after uploading when the cloud says it has no context
-    for this device (FAILED_PRECONDITION) or holds one it cannot parse the
-    ciphertext under; uploads first when it holds a context of older keys.
-    """
-
-    def __init__(
-        self, keyring: DeviceKeyring, client: GatewayClient | None, server: str, device_id: str
-    ) -> None:
-        self.keyring = keyring
-        self.client = client
-        self.server = server
-        self.device_id = device_id
-        self.uploads = 0
-
-    def personalize(
-        self,
-        alpha: float,
-        indices: list[int],
-        encrypted: bytes | None = None,
-        plain: list[float] | None = None,
-    ) -> PersonalizeReply:
-        if self.client is None:
-            raise ServerUnreachableError("offline: no connection to the cloud")
-        if encrypted is not None and self.keyring.upload_outdated(self.server, self.device_id):
-            self._upload()
-        try:
-            return self.client.personalize(alpha, indices, encrypted=encrypted, plain=plain)
-        except GatewayClientError as error:
-            if encrypted is None or not _context_lost(error):
-                raise
-        # The cloud has no context of ours (first use, or it lost it) or holds another one:
-        # upload once, retry. Asking first: a refusal (e.g. no HyperNetwork) uploads nothing.
-        self._upload()
-        return self.client.personalize(alpha, indices, encrypted=encrypted, plain=plain)
-
-    def _upload(self) -> None:
-        assert self.client is not None
-        self.keyring.upload(self.client, self.server, self.device_id)
-        self.uploads += 1
-
-
-def _context_lost(error: GatewayClientError) -> bool:
-    if error.code == grpc.StatusCode.FAILED_PRECONDITION:
-        return True
-    return error.code == grpc.StatusCode.INVALID_ARGUMENT and FOREIGN_CIPHERTEXT in str(error)
