@@ -32,7 +32,8 @@ class PersonalHead:
     def __call__(self, features: Tensor) -> Tensor | None:
         z = features.detach().double().numpy()
         p = self.personalizer
-        if p.snapshot is None and len(p.selector) + len(z) < p.min_window:
+        needed = p.min_window if p.mode == "per_device" else 2
+        if p.snapshot is None and len(p.selector) + len(z) < needed:
             p.observe(z)  # warming up: no Θ yet and too few clips to ask for one
             return self._global(len(z))
         try:

@@ -160,7 +160,10 @@ class Personalizer:
     @property
     def theta_status(self) -> str:
         """``"none"``, ``"fresh"`` (refreshed in this process), ``"cached"`` (restored from
-        disk, not yet confirmed) or ``"stale"`` (a refresh was due; the cloud was unreachable)."""
+        disk, not yet confirmed) or ``"stale"`` (a refresh was due; the cloud was unreachable).
+        Per-sample mode asks for a fresh Θ for every clip."""
+        if self.mode == "per_sample":
+            return "fresh" if self.hypernet is not None else "none"
         if self.snapshot is None:
             return "none"
         if self.stale:

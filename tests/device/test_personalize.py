@@ -339,3 +339,20 @@ def test_run_json_reports_flag_rates_from_the_truth_file(tmp_path, video, capsys
     assert report["id_flagged_rate"] == pytest.approx(flags[truth >= 0].mean())
     assert report["ood_flagged_rate"] == pytest.approx(flags[truth < 0].mean())
     assert (report["id_clips"], report["ood_clips"]) == (12, 8)
+
+
+def test_plaintext_per_sample_mode_makes_no_keys(gateway, registry, hypernet, state, video, capsys):
+    register_hypernet(registry, hypernet)
+    enroll_and_download(gateway.target, capsys)
+    argv = ["personalize", "--source", str(video), "--clips", "6", "--mode", "per_sample"]
+    assert main([*argv, "--plaintext", "--alpha", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "plaintext mode" in out and "4 of 8 channels sent" in out and "per_sample" in out
+    keyring = DeviceKeyring(state)
+    assert not keyring.has_keys() and keyring.cached_theta() is None
+    assert registry.list_contexts(registry.list_devices()[0].id) == []
+    assert keyring.settings().mode == "per_sample" and not keyring.settings().encrypted
+    assert main(["run", "--source", str(video), "--personalize", "--json", "--quiet"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert all(line.split()[-1] == "personal(v1)" for line in lines[1:-2]), lines[:3]
+    assert json.loads(lines[-1])["head"] == "personalised"
