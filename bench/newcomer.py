@@ -55,7 +55,7 @@ PAIRS = (
     ("brightness", 3),
     ("jpeg_compression", 5),
 )
-SEEDS = (0, 1, 2)
+SEEDS = (0, 1, 2, 3, 4)
 STREAM_CLIPS = 120
 ENROLL_KEY = "newcomer-bench-key"
 ID_TARGET, OOD_TARGET = 0.20, 0.80
@@ -174,9 +174,10 @@ def summarise(rows: list[dict]) -> list[list]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="two pairs, one seed")
+    parser.add_argument("--seeds", type=int, default=len(SEEDS), help="seeds per pair")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    pairs, seeds = (PAIRS[:2], SEEDS[:1]) if args.quick else (PAIRS, SEEDS)
+    pairs, seeds = (PAIRS[:2], SEEDS[:1]) if args.quick else (PAIRS, SEEDS[: args.seeds])
     started = time.perf_counter()
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="secdood-newcomer-") as tmp:
