@@ -57,7 +57,12 @@ def section(title: str) -> None:
 def device_cli(state_dir: Path, *args: str, show: bool = True) -> str:
     """Run ``secdood-device ARGS`` for the device whose state lives in ``state_dir``."""
     command = [sys.executable, "-m", "device_client.cli", *args]
-    print(f"$ secdood-device {' '.join(args)}", flush=True)
+    previous = ("", *args[:-1])
+    shown = [
+        "$KEY" if before == "--enrollment-key" else a
+        for before, a in zip(previous, args, strict=True)
+    ]
+    print(f"$ secdood-device {' '.join(shown)}", flush=True)
     env = {**os.environ, "SECDOOD_DEVICE_DIR": str(state_dir)}
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -135,7 +140,8 @@ def main() -> int:
             time.sleep(0.2)
         target = f"{service.settings.host}:{service.grpc_port}"
         print(f"gRPC {target}, REST http://{service.settings.host}:{service.rest_port}, ready")
-        print(f"keys: {service.settings.data_dir / 'keys.json'} (generated on first start)")
+        keys = service.settings.data_dir / "keys.json"
+        print(f"keys: {keys} (generated on first start; $KEY below is its enrollment_key)")
 
         section("3. Two devices with different camera shifts, through the device CLI")
         key = service.settings.enrollment_key.get_secret_value()
