@@ -50,6 +50,10 @@ METHOD_SUMMARIES: dict[str, str] = {
     "fa_zil": "predictive coding, fully autonomous Z-IL",
     "pc_bp": "the same network trained by backprop (baseline for il/zil/fa_zil)",
     "ebp": "Expectation Backpropagation: mean-field binary weights, no learning rate",
+    "boolean_bp": "Boolean backprop: bit-packed XNOR-majority net, purely logical updates",
+    "st_rsbp": "recurrent spiking net trained at spike-train level (no unrolling in time)",
+    "bptt_rsnn": "the same recurrent spiking net trained through time (baseline for st_rsbp)",
+    "lactose": "LACTOSE: one parameter set per interval of a conditioning input (waveshaper)",
 }
 
 
