@@ -79,9 +79,9 @@ class HyperNetworkTrainConfig(BaseModel):
     correction: Literal["theta", "bias"] = "theta"
     devices: int = Field(300, ge=0, le=2000)
     classic_devices: int = Field(8, ge=0, le=12)
-    clips_per_device: int = Field(128, ge=32, le=3600)
+    clips_per_device: int = Field(96, ge=32, le=3600)
     val_devices: int = Field(24, ge=0, le=200)
-    val_clips_per_device: int = Field(128, ge=32, le=600)
+    val_clips_per_device: int = Field(96, ge=32, le=600)
     steps: int = Field(3000, gt=0, le=200_000)
     batch_devices: int = Field(32, gt=1, le=4096)
     batch_size: int = Field(256, gt=1, le=8192)
