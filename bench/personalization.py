@@ -41,6 +41,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -273,14 +274,16 @@ def he_costs(hypernet: FoldedH, devices, requests: int, alphas) -> dict[str, dic
     return costs
 
 
-def choose_setting(
-    base: HyperNetworkTrainConfig, bundle, train: DeviceSet, val: DeviceSet
-) -> tuple[HyperNetworkTrainConfig, list[dict[str, Any]]]:
-    """Train every :data:`SWEEP` candidate; pick on the validation devices only."""
-    sweep = []
+def choose_setting(base: HyperNetworkTrainConfig, bundle, train: DeviceSet, val: DeviceSet):
+    """Train every :data:`SWEEP` candidate; pick on the validation devices only.
+
+    Returns (chosen config, its trained H, its metrics, the sweep rows).
+    """
+    sweep, trained = [], []
     for candidate in SWEEP:
         config = HyperNetworkTrainConfig(**{**base.model_dump(), **candidate})
-        _, metrics = fit_hypernetwork(config, bundle, train, val)
+        model, metrics = fit_hypernetwork(config, bundle, train, val)
+        trained.append((config, model, metrics))
         row = {
             **candidate,
             "val_accuracy_global": metrics["val_accuracy_global"],
@@ -291,8 +294,7 @@ def choose_setting(
         print(f"  sweep {json.dumps(row)}", flush=True)
     safe = [r for r in sweep if r["val_worst_delta"] >= -0.01] or sweep
     best = max(safe, key=lambda r: r["val_accuracy_personalised"])
-    chosen = {k: best[k] for k in SWEEP[0]}
-    return HyperNetworkTrainConfig(**{**base.model_dump(), **chosen}), sweep
+    return (*trained[sweep.index(best)], sweep)
 
 
 def window_indices(window: np.ndarray, alpha: float) -> Callable[[int], np.ndarray]:
@@ -325,9 +327,7 @@ def evaluate_devices(pipeline, bundle, devices, hypernet: FoldedH, paper: Folded
         if theta is not None:
             guard = HeadGuard(weight, bias, **guard_args)
             state = guard.refresh(window, theta)
-            guard_log.append(
-                {"device": device["shift"], "trusted": state.trusted, **state.__dict__}
-            )
+            guard_log.append({"device": device["shift"], **asdict(state)})
             use = rows["personalised"][-1] if state.trusted else None
         else:
             use = rows["personalised"][-1]
@@ -378,8 +378,7 @@ def main() -> None:
     )
     assert val is not None
     print("choosing H settings on validation devices ...", flush=True)
-    train_config, sweep = choose_setting(base_config, bundle, train, val)
-    model, train_metrics = fit_hypernetwork(train_config, bundle, train, val)
+    train_config, model, train_metrics, sweep = choose_setting(base_config, bundle, train, val)
     hypernet = FoldedH(model)
     # the paper's per-sample H, trained as before on the clean + 8 classic devices only
     paper_config = HyperNetworkTrainConfig(
