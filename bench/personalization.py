@@ -122,13 +122,22 @@ def cached(folder: Path, key: dict[str, Any], compute: Callable[[], Any]) -> Any
 
 
 def eval_device_embeddings(
-    bundle, profiles: list[DeviceProfile], per_split: int, classic: bool, seed: int = 0
+    bundle,
+    profiles: list[DeviceProfile],
+    per_split: int,
+    finetune_clips: int,
+    classic: bool,
+    seed: int = 0,
 ) -> list[dict]:
-    """Per device: test ID z/y, OOD z and ``per_split`` labelled train clips (fine-tuning)."""
+    """Per device: test ID z/y and OOD z (``per_split`` clips each) and ``finetune_clips``
+    labelled train clips (for the fine-tuned upper bound), all through its shift."""
     rng = np.random.default_rng(seed)
     names = ("test", *OOD_SPLITS, "train")
     splits = {name: load_split(name, DigitActionsConfig()) for name in names}
-    splits = {k: v.subset(rng.permutation(len(v))[:per_split]) for k, v in splits.items()}
+    splits = {
+        k: v.subset(rng.permutation(len(v))[: finetune_clips if k == "train" else per_split])
+        for k, v in splits.items()
+    }
     out = []
     for index, profile in enumerate(profiles):
         entry: dict[str, Any] = {"shift": profile.name, "families": profile.families}
@@ -364,10 +373,10 @@ def main() -> None:
     cache = Settings().data_dir / "cache" / "bench-personalization"
     base_config = HyperNetworkTrainConfig(
         base_model_path=args.base_model,
-        devices=40 if quick else 300,
-        clips_per_device=48 if quick else 96,
-        val_devices=6 if quick else 24,
-        val_clips_per_device=48 if quick else 96,
+        devices=40 if quick else 200,
+        clips_per_device=48 if quick else 64,
+        val_devices=6 if quick else 16,
+        val_clips_per_device=48 if quick else 64,
         steps=400 if quick else 3000,
         threads=1,
     )
@@ -398,18 +407,22 @@ def main() -> None:
     print(f"H trained: {json.dumps(brief)}", flush=True)
 
     per_split = 150 if quick else 300
+    unseen_split = 150 if quick else 200
+    finetune_clips = 150 if quick else 200
     print("embedding seen (classic) and unseen (test-split) devices ...", flush=True)
     seen_profiles = [classic_profile(i) for i in range(4 if quick else 8)]
     seen = cached(
         cache,
-        {**key, "what": "seen", "n": per_split, "ood": OOD_SPLITS},
-        lambda: eval_device_embeddings(bundle, seen_profiles, per_split, classic=True),
+        {**key, "what": "seen", "n": per_split, "ft": finetune_clips, "ood": OOD_SPLITS},
+        lambda: eval_device_embeddings(bundle, seen_profiles, per_split, finetune_clips, True),
     )
-    unseen_profiles = evaluation_profiles("test", 5 if quick else 14, seed=0)
+    unseen_profiles = evaluation_profiles("test", 5 if quick else 12, seed=0)
     unseen = cached(
         cache,
-        {**key, "what": "unseen", "n": per_split, "ood": OOD_SPLITS},
-        lambda: eval_device_embeddings(bundle, unseen_profiles, per_split, classic=False),
+        {**key, "what": "unseen", "n": unseen_split, "ft": finetune_clips, "ood": OOD_SPLITS},
+        lambda: eval_device_embeddings(
+            bundle, unseen_profiles, unseen_split, finetune_clips, False
+        ),
     )
     guard_args = {"mode": "fallback", "confidence_slack": 0.0, "disagreement_margin": 0.15}
     seen_rows, _ = evaluate_devices(pipeline, bundle, seen, hypernet, paper, guard_args)
@@ -476,6 +489,8 @@ def main() -> None:
         "training_devices": len(train.profiles),
         "validation_devices": len(val.profiles),
         "eval_clips_per_split": len(seen[0]["test"]),
+        "unseen_clips_per_split": len(unseen[0]["test"]),
+        "finetune_clips": finetune_clips,
         "ood_splits": list(OOD_SPLITS),
         "shift_split": SHIFT_SPLIT,
         "ckks": CKKSParams().model_dump(),
