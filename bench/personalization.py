@@ -93,7 +93,7 @@ SWEEP: tuple[dict[str, Any], ...] = (
     {"correction": "bias", "hidden_dim": 32, "global_penalty": 1e-3},
 )
 #: bump when device embeddings would change (shift code, clip choice), to skip stale caches
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def parse_args() -> argparse.Namespace:

@@ -193,7 +193,7 @@ def colour_cast(
 
 # --- blur (held out for testing) -------------------------------------------------------------
 
-_ZOOM_BLUR_SPAN = (0.06, 0.10, 0.15, 0.21, 0.28)  # relative zoom range averaged over
+_ZOOM_BLUR_SPAN = (0.15, 0.28, 0.42, 0.58, 0.8)  # relative zoom range averaged over
 
 
 def zoom_blur(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
@@ -214,8 +214,8 @@ def zoom_blur(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np
 
 _FRAME_HOLD = (1.35, 1.7, 2.0, 2.6, 3.2)  # nominal frames per captured frame (a lower rate)
 _STUTTER_PROBABILITY = (0.15, 0.25, 0.38, 0.5, 0.62)  # chance a frame repeats the previous one
-_JITTER_PROBABILITY = (0.12, 0.22, 0.34, 0.46, 0.6)  # chance a frame comes from a neighbour
-_GHOST_WEIGHT = (0.3, 0.45, 0.58, 0.7, 0.8)  # weight of the previous (smeared) frame
+_JITTER_PROBABILITY = (0.2, 0.35, 0.5, 0.65, 0.8)  # chance a frame comes from a neighbour
+_GHOST_WEIGHT = (0.5, 0.63, 0.74, 0.84, 0.92)  # weight of the previous (smeared) frame
 _FLICKER_AMPLITUDE = (0.08, 0.14, 0.22, 0.3, 0.4)  # std of the per-frame exposure gain
 
 
@@ -237,8 +237,8 @@ def frame_stutter(frames: np.ndarray, severity: int, rng: np.random.Generator) -
 
 
 def frame_jitter(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
-    """Wrong timestamps: some frames are taken one step early or late."""
-    offsets = rng.choice([-1, 1], size=len(frames))
+    """Wrong timestamps: some frames are taken one or two steps early or late."""
+    offsets = rng.choice([-2, -1, 1, 2], size=len(frames))
     hit = rng.random(len(frames)) < _JITTER_PROBABILITY[severity - 1]
     source = np.clip(np.arange(len(frames)) + offsets * hit, 0, len(frames) - 1)
     return frames[source].copy()
@@ -262,10 +262,10 @@ def flicker(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.n
 # --- geometric: where the camera points and how its lens maps the scene ----------------------
 # Properties of the mounted camera, so drawn from ``camera`` (constant on one device).
 
-_ROTATION_DEG = (4.0, 8.0, 13.0, 19.0, 26.0)  # roll of the camera
-_PERSPECTIVE = (0.06, 0.11, 0.16, 0.22, 0.28)  # corner displacement, fraction of the side
+_ROTATION_DEG = (8.0, 15.0, 22.0, 30.0, 38.0)  # roll of the camera
+_PERSPECTIVE = (0.1, 0.17, 0.24, 0.32, 0.4)  # corner displacement, fraction of the side
 _TRANSLATION = (0.06, 0.11, 0.16, 0.22, 0.28)  # offset, fraction of the side
-_BARREL_K = (0.12, 0.22, 0.34, 0.48, 0.65)  # radial distortion coefficient
+_BARREL_K = (0.3, 0.6, 0.9, 1.25, 1.7)  # radial distortion coefficient
 _SHAKE_PX = (0.5, 0.9, 1.4, 2.0, 2.8)  # per-frame jitter std, pixels at 32x32
 
 
@@ -338,9 +338,9 @@ def camera_shake(frames: np.ndarray, severity: int, rng: np.random.Generator) ->
 # --- visibility: what the camera can see -----------------------------------------------------
 
 _OCCLUDED_FRACTION = (0.06, 0.12, 0.2, 0.28, 0.38)  # area hidden by a static object
-_FIELD_OF_VIEW = (0.88, 0.78, 0.68, 0.58, 0.5)  # fraction of the side still visible (zoom-in)
-_VIGNETTE = (0.35, 0.55, 0.75, 0.9, 1.05)  # darkening at the corners
-_DIRT_SPOTS = (2, 3, 4, 6, 8)  # smudges on the lens
+_FIELD_OF_VIEW = (0.8, 0.7, 0.6, 0.5, 0.42)  # fraction of the side still visible (zoom-in)
+_VIGNETTE = (0.6, 0.9, 1.2, 1.5, 1.9)  # darkening at the corners
+_DIRT_SPOTS = (3, 5, 7, 9, 12)  # smudges on the lens
 _LETTERBOX = (0.1, 0.16, 0.22, 0.28, 0.34)  # fraction of the side masked on each border
 
 
@@ -403,7 +403,7 @@ def lens_dirt(
     alpha = np.zeros((side, side), np.float32)
     for _ in range(_DIRT_SPOTS[severity - 1]):
         centre = tuple(int(v) for v in camera.integers(0, side, 2))
-        radius = max(1, int(camera.uniform(0.08, 0.2) * side))
+        radius = max(1, int(camera.uniform(0.12, 0.28) * side))
         cv2.circle(alpha, centre, radius, float(camera.uniform(0.6, 0.95)), -1)
     alpha = cv2.GaussianBlur(alpha, (0, 0), sigmaX=max(0.5, side / 24))[None, :, :, None]
     return _to_uint8(_as_float(frames) * (1.0 - alpha) + 0.15 * alpha)
