@@ -104,3 +104,15 @@ def test_trainer_needs_a_base_model():
         TRAINER.train(HyperNetworkTrainConfig())
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         HyperNetworkTrainConfig(alphas=(0.0,))
+
+
+def test_every_device_gets_its_own_clips_and_labels():
+    from server.training.device_embeddings import embed_devices
+    from shared.data.digit_actions import DigitActionsConfig, generate_split
+
+    bundle = make_tiny_bundle()
+    clips = generate_split("test", DigitActionsConfig(test_per_class=2))
+    profiles = training_profiles(generated=2, classic=1, seed=0)
+    devices = embed_devices(bundle.model, clips, profiles, per_device=5, seed=0)
+    assert devices.z.shape == (4, 5, bundle.config.embed_dim) and devices.y.shape == (4, 5)
+    assert set(devices.y.flatten().tolist()) <= set(clips.labels.tolist())
