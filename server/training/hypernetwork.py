@@ -87,7 +87,7 @@ class HyperNetworkTrainConfig(BaseModel):
     batch_size: int = Field(256, gt=1, le=8192)
     lr: float = Field(3e-3, gt=0, lt=1)
     weight_decay: float = Field(0.0, ge=0, lt=1)
-    global_penalty: float = Field(1e-2, ge=0)
+    global_penalty: float = Field(1e-1, ge=0)
     alphas: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
     random_mask_fraction: float = Field(0.25, ge=0, le=1)
     window: int = Field(64, ge=2, le=4096)
