@@ -37,6 +37,7 @@ import argparse
 import hashlib
 import io
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -94,6 +95,7 @@ SWEEP: tuple[dict[str, Any], ...] = (
 )
 #: bump when device embeddings would change (shift code, clip choice), to skip stale caches
 CACHE_VERSION = 2
+SECTION_TITLE = "Personalisation: HyperNetwork over CKKS vs global head vs fine-tuning"
 
 
 def parse_args() -> argparse.Namespace:
@@ -105,6 +107,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--plot", type=Path, default=ROOT / "docs/img/personalization.png")
     parser.add_argument(
         "--unseen-plot", type=Path, default=ROOT / "docs/img/personalization_unseen.png"
+    )
+    parser.add_argument(
+        "--render", action="store_true", help="only rewrite the BENCHMARKS.md section from --out"
     )
     return parser.parse_args()
 
@@ -362,6 +367,11 @@ def summary(row: dict[str, float]) -> dict[str, float | None]:
 
 def main() -> None:
     args = parse_args()
+    if args.render:
+        write_section(
+            "personalization", SECTION_TITLE, section_markdown(json.loads(args.out.read_text()))
+        )
+        return
     torch.set_num_threads(1)
     started = time.perf_counter()
     if args.base_model is None:
@@ -497,6 +507,7 @@ def main() -> None:
         "he_requests_per_entry": requests,
         "torch_threads": 1,
         "seconds": round(time.perf_counter() - started, 1),
+        "load_average_1min": round(os.getloadavg()[0], 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
@@ -504,11 +515,7 @@ def main() -> None:
     print(unseen_markdown(results))
     plot(results, args.plot)
     plot_unseen(results, args.unseen_plot)
-    write_section(
-        "personalization",
-        "Personalisation: HyperNetwork over CKKS vs global head vs fine-tuning",
-        section_markdown(results),
-    )
+    write_section("personalization", SECTION_TITLE, section_markdown(results))
     print(
         f"wrote {args.out}, {args.plot} and {args.unseen_plot} in {results['setup']['seconds']} s"
     )
@@ -605,6 +612,10 @@ def section_markdown(results: dict) -> str:
         f"the rest drawn from the train split of `shared/data/device_shifts.py`); settings "
         f"chosen on {setup['validation_devices']} validation devices (held-out `geometric` "
         f"family and `pixelate`) — chosen: {chosen}. CKKS {setup['ckks']}.\n\n"
+        f"Load average at the end of the run: {setup.get('load_average_1min', 'not recorded')} "
+        "(2 cores; other jobs may share them: compare cloud HE seconds within a table, "
+        "not across runs). Encrypted vs plaintext logits: max difference "
+        f"{max(r['max_logit_diff'] for r in results['alpha'].values()):.1e}.\n\n"
         f"**Seen shifts** ({setup['devices']} classic devices, severity 5, "
         f"{setup['eval_clips_per_split']} held-out clips per split). Cloud HE time of "
         f"α = 0.25 vs α = 1.0 (same run): {results['he_time_ratio_0.25_vs_1.0']:.2f}×.\n\n"
