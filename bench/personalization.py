@@ -34,6 +34,7 @@ docs/img/personalization_unseen.png; prints markdown tables.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import io
 import json
@@ -54,6 +55,8 @@ import torch.nn.functional as F
 from bench.report import default_base_model_path, write_section
 from device_client.gateway_client import GatewayClient
 from device_client.head_guard import HeadGuard
+from device_client.keyring import DeviceKeyring, PersonalizationSettings
+from device_client.state import DeviceState
 from server.gateway import build_grpc_server
 from server.registry import open_registry
 from server.settings import Settings
@@ -68,14 +71,9 @@ from shared.data.corruptions import corrupt_clipset, device_shift
 from shared.data.device_shifts import SHIFT_SPLIT, DeviceProfile, evaluation_profiles, shift_clipset
 from shared.data.digit_actions import SPLITS as DATA_SPLITS
 from shared.data.digit_actions import DigitActionsConfig, load_split
-from shared.he import (
-    CKKSParams,
-    create_context,
-    decrypt_theta,
-    encrypt_selected,
-    public_context_bytes,
-)
+from shared.he import CKKSParams
 from shared.hypernet import HyperNetwork, hypernet_state, personalised_logits, restricted_map
+from shared.model_names import HYPERNETWORK
 from shared.models.checkpoint import load_bundle
 from shared.ood.metrics import accuracy, ood_metrics
 from shared.pipeline import OODPipeline
@@ -229,13 +227,19 @@ class FoldedH:
 
 
 def he_costs(hypernet: FoldedH, devices, requests: int, alphas) -> dict[str, dict[str, float]]:
-    """Encrypted requests over a loopback gateway: cloud seconds, bytes, logit agreement."""
+    """Encrypted requests over a loopback gateway: cloud seconds, bytes, logit agreement.
+
+    The device side is the product's: a :class:`DeviceKeyring` (default CKKS parameters)
+    makes the keys, uploads the public context when the cloud asks for it, and its
+    Personalizer encrypts, sends and decrypts. The ``device`` H gets the window mean,
+    the paper's H one clip per request.
+    """
     state = io.BytesIO()
     torch.save(hypernet_state(hypernet.model), state)
-    context = create_context(CKKSParams())
+    embed_dim = hypernet.a.shape[0]
     costs: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as folder, open_registry(None, folder) as registry:
-        registry.register_model("hypernetwork", "hypernetwork", {}, {}, state.getvalue())
+        registry.register_model(HYPERNETWORK, HYPERNETWORK, {}, {}, state.getvalue())
         settings = Settings(
             data_dir=Path(folder),
             host="127.0.0.1",
@@ -245,10 +249,11 @@ def he_costs(hypernet: FoldedH, devices, requests: int, alphas) -> dict[str, dic
         )
         server, port, _ = build_grpc_server(registry, settings)
         server.start()
+        target = f"127.0.0.1:{port}"
         try:
-            client = GatewayClient(f"127.0.0.1:{port}", timeout_s=300)
-            client.enroll(ENROLL_KEY, "bench-cam")
-            client.upload_context(public_context_bytes(context))
+            client = GatewayClient(target, timeout_s=300)
+            device_id = client.enroll(ENROLL_KEY, "bench-cam").device_id
+            keyring = DeviceKeyring(DeviceState(Path(folder) / "device"), CKKSParams())
             z_all = devices[0]["test"].numpy()
             window = z_all[:WINDOW]
             rng = np.random.default_rng(0)
@@ -256,6 +261,15 @@ def he_costs(hypernet: FoldedH, devices, requests: int, alphas) -> dict[str, dic
             if 0.25 in alphas:
                 entries.append(("random_0.25", 0.25, "random"))
             for key, alpha, method in entries:
+                personalizer = keyring.personalizer(
+                    client,
+                    target,
+                    device_id,
+                    embed_dim,
+                    hypernet.classes,
+                    model_key="bench",
+                    settings=PersonalizationSettings(alpha, "per_sample"),
+                )
                 seconds, ups, downs, diffs = [], [], [], []
                 for i in range(requests):
                     u = window.mean(0) if hypernet.per_device else z_all[WINDOW + i]
@@ -264,19 +278,18 @@ def he_costs(hypernet: FoldedH, devices, requests: int, alphas) -> dict[str, dic
                         if method == "importance"
                         else random_channels(u.size, alpha, rng)
                     )
-                    reply = client.personalize(
-                        alpha, idx, encrypted=encrypt_selected(context, u, idx)
-                    )
-                    theta = decrypt_theta(context, reply.theta_ciphertexts, hypernet.c.size)
+                    before = dataclasses.replace(personalizer.stats)
+                    theta = personalizer.request_theta(u, idx)
+                    after = personalizer.stats
                     zt = torch.from_numpy(z_all[WINDOW + i])[None]
                     diff = personalised_logits(
                         zt, torch.from_numpy(theta), hypernet.classes
                     ) - personalised_logits(
                         zt, torch.from_numpy(hypernet.theta(u, idx)), hypernet.classes
                     )
-                    seconds.append(reply.he_seconds)
-                    ups.append(reply.bytes_up)
-                    downs.append(reply.bytes_down)
+                    seconds.append(after.he_seconds - before.he_seconds)
+                    ups.append(after.bytes_up - before.bytes_up)
+                    downs.append(after.bytes_down - before.bytes_down)
                     diffs.append(float(diff.abs().max()))
                 costs[key] = {
                     "he_seconds": statistics.median(seconds),
