@@ -59,9 +59,7 @@ class UploadChunk(Protocol):
     data: bytes
 
 
-def receive_upload(
-    chunks: Iterable[UploadChunk], limits: UploadLimits | int
-) -> tuple[bytes, str]:
+def receive_upload(chunks: Iterable[UploadChunk], limits: UploadLimits | int) -> tuple[bytes, str]:
     """Join a chunk stream into ``(payload, sha256)`` after checking size and digest.
 
     ``limits`` may be a plain byte cap (the chunk limits then follow from it).

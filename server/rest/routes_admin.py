@@ -22,8 +22,8 @@ from server.rest.state import ServiceState
 router = APIRouter(prefix="/v1", tags=["models, devices and jobs (v1)"])
 
 _AUTH_ERRORS = {code: {"model": ErrorBody} for code in (401, 403)}
-#: job ids are UUIDs (36 characters)
-JobId = Annotated[str, Path(min_length=36, max_length=36, pattern=r"^[0-9a-f-]{36}$")]
+#: job ids are UUIDs (36 characters); anything up to this length is looked up (404 if unknown)
+JobId = Annotated[str, Path(min_length=1, max_length=64)]
 
 
 @router.get(

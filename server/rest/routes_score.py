@@ -89,9 +89,7 @@ async def score(request: Request, state: State) -> ScoreResult | VideoScoreResul
         )
     async with request.app.state.scoring_gate.slot():
         if is_upload:
-            result, verdicts = await _score_upload(
-                request, served, state.settings.max_upload_bytes
-            )
+            result, verdicts = await _score_upload(request, served, state.settings.max_upload_bytes)
         else:
             parsed = parse_json_body(await request.body(), ScoreRequest, "score request")
             result, verdicts = await run_in_threadpool(_score_json, served, parsed)
