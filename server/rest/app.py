@@ -15,7 +15,7 @@ import logging
 
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -125,7 +125,12 @@ def create_app(state: ServiceState) -> FastAPI:
     app.include_router(routes_score.router)
     app.include_router(routes_admin.router)
 
-    @app.get("/metrics", tags=["monitoring"], summary="Prometheus metrics (text format)")
+    @app.get(
+        "/metrics",
+        tags=["monitoring"],
+        summary="Prometheus metrics (text format)",
+        response_class=PlainTextResponse,
+    )
     def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -21,6 +21,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.rest.auth import State, require_scoring
 from server.rest.inputs import (
@@ -47,6 +48,9 @@ from shared.pipeline import DEFAULT_DETECTOR, Verdicts
 VIDEO_BATCH_CLIPS = 32
 #: bytes copied per read when spooling an upload to its temporary file
 COPY_CHUNK_BYTES = 1024 * 1024
+#: a multipart body carries one file and at most this many fields (file, detector, ...)
+MAX_FORM_FILES = 1
+MAX_FORM_FIELDS = 4
 
 router = APIRouter(prefix="/v1/ood", tags=["OOD scoring (v1)"])
 
@@ -132,7 +136,12 @@ def _score_result(verdicts: Verdicts) -> ScoreResult:
 async def _score_upload(
     request: Request, served: ServedModel, max_bytes: int
 ) -> tuple[VideoScoreResult, list[Verdicts]]:
-    form = await request.form(max_files=1, max_fields=4)
+    try:
+        form = await request.form(max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS)
+    except StarletteHTTPException as exc:  # the multipart parser: malformed or past a limit
+        if exc.status_code != status.HTTP_400_BAD_REQUEST:
+            raise
+        raise InputError(f"unreadable multipart body: {exc.detail}") from None
     try:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
