@@ -176,9 +176,14 @@ def _guarded(
 
 
 def wrap_handler(
-    handler: grpc.RpcMethodHandler, wrap: Callable[[Behavior], Behavior]
+    handler: grpc.RpcMethodHandler,
+    wrap: Callable[[Behavior], Behavior],
+    request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> grpc.RpcMethodHandler:
-    """A handler of the same kind whose behaviour is ``wrap(original behaviour)``."""
+    """A handler of the same kind whose behaviour is ``wrap(original behaviour)``.
+
+    ``request_deserializer`` replaces the handler's own when given.
+    """
     if handler.request_streaming and handler.response_streaming:
         make, behavior = grpc.stream_stream_rpc_method_handler, handler.stream_stream
     elif handler.request_streaming:
@@ -189,6 +194,6 @@ def wrap_handler(
         make, behavior = grpc.unary_unary_rpc_method_handler, handler.unary_unary
     return make(
         wrap(behavior),
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=request_deserializer or handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )

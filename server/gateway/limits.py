@@ -30,17 +30,22 @@ from typing import Any
 
 import grpc
 
-from server.gateway.auth import Behavior, current_device_id, wrap_handler
+from server.gateway.auth import (
+    ENROLL_METHOD,
+    GATEWAY_SERVICE,
+    Behavior,
+    current_device_id,
+    wrap_handler,
+)
 from server.gateway.errors import GatewayError, abort_with
 
 log = logging.getLogger(__name__)
 
-GATEWAY_PREFIX = "/secdood.v1.DeviceGateway/"
+GATEWAY_PREFIX = f"/{GATEWAY_SERVICE}/"
 DATA_METHODS = frozenset(
     GATEWAY_PREFIX + name for name in ("UploadContext", "GetModel", "Personalize")
 )
 TELEMETRY_METHOD = GATEWAY_PREFIX + "ReportTelemetry"
-ENROLL_METHOD = GATEWAY_PREFIX + "Enroll"
 #: threads kept free of every capped call: health checks, reflection, refusals
 RESERVED_THREADS = 4
 #: what a refused caller is told to wait (trailing metadata ``retry-after-ms``)

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from server.gateway.auth import GATEWAY_SERVICE, DeviceAuthInterceptor
 from server.gateway.limits import CallLimits, LimitsInterceptor, StreamWatchdog, pool_size
+from server.gateway.malformed import MalformedMessageInterceptor
 from server.gateway.servicer import DeviceGatewayServicer
 from server.personalization import PersonalizationService
 from server.registry import Registry
@@ -92,8 +93,13 @@ def build_grpc_server(
     workers = pool_size(limits.max_data, limits.max_telemetry, limits.max_enroll)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc-gateway"),
-        # auth first (outermost): only admitted callers are counted against the caps
-        interceptors=[interceptor, LimitsInterceptor(limits, watchdog)],
+        # auth first (outermost): only admitted callers are counted against the caps;
+        # the malformed-message check is innermost, next to the deserialiser it replaces
+        interceptors=[
+            interceptor,
+            LimitsInterceptor(limits, watchdog),
+            MalformedMessageInterceptor(),
+        ],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
