@@ -139,6 +139,9 @@ class Service:
             self.registry, self.settings
         )
         self.grpc_server.start()
+        # Both servers now hold sha256 digests of the keys; drop the plaintext copies.
+        self.settings = self.settings.model_copy(update=dict.fromkeys(KEY_FIELDS))
+        self.state.settings = self.settings
         self.probe: GatewayProbe | None = None
         if self.settings.tls_cert is None:  # with TLS, readiness trusts the health flag
             host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host

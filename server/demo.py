@@ -26,7 +26,7 @@ import torch
 from device_client.gateway_client import GatewayClient
 from device_client.personalization import Personalizer
 from device_client.simulated_camera import simulated_stream
-from server.app import HYPERNETWORK, Service
+from server.app import HYPERNETWORK, Service, resolve_keys
 from server.cli import BASE_MODEL, load_registered_bundle, open_registry
 from server.evaluation import evaluate, format_report
 from server.jobs import ensure_model
@@ -155,7 +155,9 @@ def main() -> int:
     print(format_report(evaluate(bundle, shift_clips=120)))
 
     section("2. Cloud up: gRPC gateway + REST API")
-    service = Service(settings.model_copy(update={"rest_port": 0, "grpc_port": 0}))
+    # The demo keeps its own copy of the keys: the service holds only their digests.
+    keyed = resolve_keys(settings.model_copy(update={"rest_port": 0, "grpc_port": 0}))
+    service = Service(keyed)
     service.start()
     try:
         deadline = time.monotonic() + 120
@@ -165,7 +167,7 @@ def main() -> int:
         print(f"gRPC {target}, REST http://{service.settings.host}:{service.rest_port}, ready")
 
         section("3. Two devices with different camera shifts")
-        key = service.settings.enrollment_key.get_secret_value()
+        key = keyed.enrollment_key.get_secret_value()
         rows = [run_device(*device, target, key, devices_dir) for device in DEVICES]
         print_devices(rows)
 
@@ -175,7 +177,7 @@ def main() -> int:
         reply = httpx.post(
             f"http://{service.settings.host}:{service.rest_port}/v1/ood/score",
             json={"clip": clip.tolist()},
-            headers={"X-API-Key": service.settings.scoring_api_key.get_secret_value()},
+            headers={"X-API-Key": keyed.scoring_api_key.get_secret_value()},
             timeout=30,
         )
         body = reply.json()
