@@ -70,7 +70,11 @@ def parse_json_body(body: bytes, model: type[_Model], what: str) -> _Model:
 
 
 def to_float_array(data: Any, what: str) -> np.ndarray:
-    """Nested JSON lists of numbers → float32 array (any rank); rejects ragged, text, NaN/inf."""
+    """Nested JSON lists of numbers → float32 array (any rank); rejects ragged or text.
+
+    Values are checked (finite, in range) once, with the shape, by
+    :func:`check_features` / :func:`clips_to_frames`.
+    """
     if not isinstance(data, list):
         raise InputError(f"{what} must be a (nested) list of numbers, got {type(data).__name__}")
     try:
@@ -80,10 +84,12 @@ def to_float_array(data: Any, what: str) -> np.ndarray:
     if array.dtype.kind not in "iuf":
         raise InputError(f"{what} must contain only numbers, got {_describe(array)}")
     with np.errstate(over="ignore"):
-        array = array.astype(np.float32)
+        return array.astype(np.float32)
+
+
+def _check_finite(array: np.ndarray, what: str) -> None:
     if not np.isfinite(array).all():
         raise InputError(f"{what} contains NaN or infinite values (or values beyond float32)")
-    return array
 
 
 def _describe(array: np.ndarray) -> str:
@@ -92,12 +98,13 @@ def _describe(array: np.ndarray) -> str:
 
 
 def check_features(array: np.ndarray, pipeline: OODPipeline, what: str = "features") -> np.ndarray:
-    """float32 [N, D] with the model's D and N >= 1."""
+    """float32 [N, D] with the model's D, N >= 1 and finite values."""
     dim = pipeline.embed_dim
     if array.ndim != 2 or array.shape[1] != dim:
         raise InputError(f"{what} must have shape [N, {dim}], got {list(array.shape)}")
     if array.shape[0] == 0:
         raise InputError(f"{what} must contain at least one row, got shape {list(array.shape)}")
+    _check_finite(array, what)
     return array
 
 
@@ -113,6 +120,7 @@ def clips_to_frames(array: np.ndarray, pipeline: OODPipeline, what: str = "clip"
         )
     if array.shape[0] == 0:
         raise InputError(f"{what} must contain at least one clip, got shape {list(array.shape)}")
+    _check_finite(array, what)
     low, high = float(array.min()), float(array.max())
     if low < 0.0 or high > 1.0:
         raise InputError(

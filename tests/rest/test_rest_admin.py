@@ -197,3 +197,30 @@ def test_metric_labels_come_from_a_fixed_set(live_server):
     assert not any(str(m).startswith("BREW") for m in methods)
     assert "OTHER" in methods
     assert not any(str(route).startswith("/random") for route in routes)
+
+
+def test_a_client_disconnect_is_not_a_500_or_an_error_log(live_server, caplog):
+    import socket
+
+    request = (
+        "POST /v1/ood/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"X-API-Key: {SCORING['Authorization'].split()[1]}\r\nContent-Length: 100000\r\n\r\n"
+        '{"features": [[0.5'
+    )
+    with caplog.at_level("ERROR"):
+        with socket.create_connection(("127.0.0.1", live_server.port)) as sock:
+            sock.sendall(request.encode())
+        with httpx.Client(base_url=live_server.url, timeout=10) as http:
+
+            def counted() -> str | None:
+                text = http.get("/metrics").text
+                seen = _sample(
+                    text, "secdood_http_requests_total",
+                    method="POST", route="/v1/ood/score", status="499",
+                )  # fmt: skip
+                return text if seen == 1 else None
+
+            text = wait_until(counted, 10, 0.1, "the disconnect counted as 499")
+    assert _sample(text, "secdood_http_requests_total", method="POST",
+                   route="/v1/ood/score", status="500") == 0  # fmt: skip
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
