@@ -154,3 +154,41 @@ def test_the_device_client_retries_overload_with_backoff(device_gateway_factory)
     release.set()
     with pytest.raises(grpc.RpcError):
         blocker.result(timeout=10)
+
+
+def test_the_context_cache_is_bounded_by_bytes(
+    gateway, registry, stub, enrol_metadata, ckks_contexts
+):
+    from server.personalization import PersonalizationService
+
+    data = ckks_contexts["public"]
+    devices = []
+    for name in ("a", "b", "c"):
+        enrolled = _enrol(stub, enrol_metadata, name)
+        with GatewayClient(gateway.target, token=enrolled.token) as client:
+            client.upload_context(data)
+        devices.append(enrolled.device_id)
+    service = PersonalizationService(registry, context_cache_bytes=int(2.5 * len(data)))
+    for device_id in devices:
+        service.device_context(device_id)
+    assert service.cached_context_bytes() == 2 * len(data)  # the oldest was evicted
+
+
+def test_calls_are_logged_with_device_status_and_duration_but_no_secrets(
+    stub, enrol_metadata, caplog
+):
+    with caplog.at_level("INFO", logger="secdood.gateway"):
+        enrolled = _enrol(stub, enrol_metadata, "logged")
+        with pytest.raises(grpc.RpcError):
+            stub.ReportTelemetry(
+                gateway_pb2.TelemetryReport(mean_latency_ms=-1),
+                metadata=(("authorization", f"Bearer {enrolled.token}"),),
+            )
+        with pytest.raises(grpc.RpcError):
+            stub.ReportTelemetry(gateway_pb2.TelemetryReport(), metadata=(("authorization", "x"),))
+    text = caplog.text
+    assert f"enrolled device={enrolled.device_id}" in text
+    assert f"ReportTelemetry device={enrolled.device_id} status=INVALID_ARGUMENT" in text
+    assert "ReportTelemetry refused status=UNAUTHENTICATED" in text
+    assert "duration_ms=" in text
+    assert enrolled.token not in text and enrol_metadata[0][1] not in text

@@ -224,3 +224,10 @@ def test_a_client_disconnect_is_not_a_500_or_an_error_log(live_server, caplog):
     assert _sample(text, "secdood_http_requests_total", method="POST",
                    route="/v1/ood/score", status="500") == 0  # fmt: skip
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+
+
+def test_readiness_follows_the_grpc_gateway(client, state):
+    assert client.get("/v2/health/ready").status_code == 200
+    state.gateway_check = lambda: False
+    answer = client.get("/v2/health/ready")
+    assert answer.status_code == 503 and answer.json() == {"ready": False}
