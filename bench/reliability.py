@@ -48,7 +48,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.report import markdown_table, write_json, write_section
 from bench.service import bench_settings, infer_body, load_artifact, register_artifact, serve
-from device_client.gateway_client import GatewayClient, RetryPolicy
+from device_client.gateway_client import GatewayClient
+from device_client.retry import RetryPolicy
 from shared.he import CKKSParams, create_context, encrypt_selected, public_context_bytes
 from shared.hypernet import HyperNetwork, HyperNetworkConfig, hypernet_state
 from shared.models.checkpoint import bundle_from_bytes

@@ -22,14 +22,13 @@ import random
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import grpc
 
+from device_client.retry import DEFAULT_RETRY, RetryPolicy, retry_hint_s
 from shared.rpc import gateway_pb2, gateway_pb2_grpc
-from shared.wire import RETRY_AFTER_METADATA
 
 _Result = TypeVar("_Result")
 
@@ -37,40 +36,6 @@ CHUNK_BYTES = 1 << 20
 #: one chunk plus protobuf framing; matches the server's limit
 MAX_MESSAGE_BYTES = CHUNK_BYTES + 64 * 1024
 DEFAULT_TIMEOUT_S = 60.0
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Retries of overload refusals: up to ``attempts`` tries, full-jitter exponential backoff.
-
-    The n-th wait is uniform in ``[hint, max(hint, min(max_s, base_s * 2**n))]``,
-    where ``hint`` is the server's ``retry-after-ms``; jitter spreads a fleet's
-    retries so they do not arrive together again.
-    """
-
-    attempts: int = 8
-    base_s: float = 0.25
-    max_s: float = 8.0
-
-    def delay(self, attempt: int, hint_s: float, rng: random.Random) -> float:
-        ceiling = max(hint_s, min(self.max_s, self.base_s * 2**attempt))
-        return rng.uniform(hint_s, ceiling)
-
-
-NO_RETRY = RetryPolicy(attempts=1)
-
-
-def _retry_hint_s(error: grpc.RpcError) -> float | None:
-    """The server's retry hint in seconds, or None when the refusal is not an overload."""
-    if not isinstance(error, grpc.Call) or error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return None
-    for key, value in error.trailing_metadata() or ():
-        if key == RETRY_AFTER_METADATA:
-            try:
-                return max(int(value), 0) / 1000.0
-            except ValueError:
-                return None
-    return None
 
 
 class GatewayClientError(RuntimeError):
@@ -149,7 +114,7 @@ class GatewayClient:
         token: str | None = None,
         root_cert: bytes | str | os.PathLike[str] | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         if not isinstance(target, str) or ":" not in target:
             raise ValueError(f"target must be 'host:port', got {target!r}")
@@ -188,7 +153,7 @@ class GatewayClient:
             try:
                 return call()
             except grpc.RpcError as error:
-                hint = _retry_hint_s(error)
+                hint = retry_hint_s(error)
                 if hint is None or attempt + 1 >= self.retry.attempts:
                     raise _error_from_rpc(error, self.target) from None
                 self.retries += 1

@@ -10,7 +10,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from device_client.gateway_client import GatewayClient, RetryPolicy
+from device_client.gateway_client import GatewayClient
+from device_client.retry import RetryPolicy
 from server.gateway.limits import CallLimits
 from shared.rpc import gateway_pb2, gateway_pb2_grpc
 from shared.wire import RETRY_AFTER_METADATA
