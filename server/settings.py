@@ -42,6 +42,9 @@ class Settings(BaseSettings):
         16, ge=1, description="uploads, downloads and Personalize calls in flight, all devices"
     )
     grpc_max_streams_per_device: int = Field(2, ge=1, description="the same, per device")
+    grpc_max_he_calls: int = Field(
+        4, ge=1, description="Personalize calls (CKKS evaluation) in flight, of the data calls"
+    )
     grpc_max_telemetry_calls: int = Field(4, ge=1, description="telemetry calls in flight")
     grpc_message_timeout_s: float = Field(
         10.0, gt=0, description="longest wait for the next chunk of an upload"

@@ -29,6 +29,7 @@ from typing import Any
 
 import grpc
 
+from server.gateway.errors import abort_with
 from server.registry import DeviceRecord, Registry
 
 log = logging.getLogger("secdood.gateway")
@@ -143,7 +144,14 @@ class DeviceAuthInterceptor(grpc.ServerInterceptor):
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, MISSING_TOKEN)
-        device = self._registry.authenticate_device(token)
+        try:
+            device = self._registry.authenticate_device(token)
+        except Exception as error:  # e.g. a busy database: a status, never UNKNOWN
+            failure = error
+        else:
+            failure = None
+        if failure is not None:
+            abort_with(context, failure)
         if device is None or self._clock() >= self.token_expires_at(device):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, INVALID_TOKEN)
         return device

@@ -6,8 +6,9 @@ answering however the data RPCs are used:
 
 - **caps** (:class:`CallLimits`): data RPCs (``UploadContext``, ``GetModel``,
   ``Personalize``) may run ``max_data`` at once in all and ``per_device`` per
-  device; telemetry has its own ``max_telemetry`` (it never waits behind HE
-  work) and ``Enroll`` its own ``max_enroll``. One call more is refused at once
+  device, and ``Personalize`` (CKKS work: memory and CPU) ``max_he`` of those;
+  telemetry has its own ``max_telemetry`` (it never waits behind HE work) and
+  ``Enroll`` its own ``max_enroll``. One call more is refused at once
   with ``RESOURCE_EXHAUSTED`` and trailing metadata ``retry-after-ms``;
 - **reserved threads**: the pool is sized as the sum of the caps plus
   :data:`RESERVED_THREADS` (:func:`pool_size`), so health, reflection and the
@@ -46,6 +47,8 @@ DATA_METHODS = frozenset(
     GATEWAY_PREFIX + name for name in ("UploadContext", "GetModel", "Personalize")
 )
 TELEMETRY_METHOD = GATEWAY_PREFIX + "ReportTelemetry"
+#: data calls that run CKKS work (parse a context, evaluate H); also capped on their own
+HE_METHOD = GATEWAY_PREFIX + "Personalize"
 #: threads kept free of every capped call: health checks, reflection, refusals
 RESERVED_THREADS = 4
 #: what a refused caller is told to wait (trailing metadata ``retry-after-ms``)
@@ -73,8 +76,16 @@ def overloaded(message: str) -> GatewayError:
 class CallLimits:
     """Counts calls in flight by class and device; ``claim`` admits or refuses one."""
 
-    def __init__(self, max_data: int, per_device: int, max_telemetry: int, max_enroll: int):
+    def __init__(
+        self,
+        max_data: int,
+        per_device: int,
+        max_telemetry: int,
+        max_enroll: int,
+        max_he: int | None = None,
+    ):
         self.max_data = max_data
+        self.max_he = max_data if max_he is None else max_he
         self.per_device = per_device
         self.max_telemetry = max_telemetry
         self.max_enroll = max_enroll
@@ -82,6 +93,7 @@ class CallLimits:
         self._data = 0
         self._telemetry = 0
         self._enroll = 0
+        self._he = 0
         self._per_device: Counter[str] = Counter()
 
     def claim(self, method: str, device_id: str | None) -> Callable[[], None]:
@@ -97,6 +109,9 @@ class CallLimits:
                         f"this device already has {self.per_device} data calls open, the limit "
                         "per device"
                     )
+                if method == HE_METHOD and self._he >= self.max_he:
+                    raise overloaded(f"{self.max_he} encrypted evaluations in flight, the limit")
+                self._he += method == HE_METHOD
                 self._data += 1
                 if device_id is not None:
                     self._per_device[device_id] += 1
@@ -117,6 +132,7 @@ class CallLimits:
                 released.set()
                 if method in DATA_METHODS:
                     self._data -= 1
+                    self._he -= method == HE_METHOD
                     if device_id is not None:
                         self._per_device[device_id] -= 1
                         if self._per_device[device_id] <= 0:
@@ -131,7 +147,12 @@ class CallLimits:
     def in_flight(self) -> dict[str, int]:
         """Calls in flight by class (for logs and tests)."""
         with self._lock:
-            return {"data": self._data, "telemetry": self._telemetry, "enroll": self._enroll}
+            return {
+                "data": self._data,
+                "he": self._he,
+                "telemetry": self._telemetry,
+                "enroll": self._enroll,
+            }
 
 
 def cancel_call(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> None:

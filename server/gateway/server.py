@@ -84,6 +84,7 @@ def build_grpc_server(
         per_device=settings.grpc_max_streams_per_device,
         max_telemetry=settings.grpc_max_telemetry_calls,
         max_enroll=MAX_ENROLMENTS,
+        max_he=settings.grpc_max_he_calls,
     )
     watchdog = StreamWatchdog(
         message_timeout_s=settings.grpc_message_timeout_s,

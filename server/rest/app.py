@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: seconds a client should wait before retrying while the model is loading
 RETRY_AFTER_S = 5
+#: seconds a client should wait when the registry database is momentarily busy
+RETRY_AFTER_BUSY_S = 1
 
 DESCRIPTION = """\
 Secure, personalised OOD detection for edge video — REST API.
@@ -84,6 +87,16 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def overloaded(request: Request, exc: OverloadedError) -> JSONResponse:
         return _error(
             status.HTTP_429_TOO_MANY_REQUESTS, str(exc), {"Retry-After": str(exc.retry_after_s)}
+        )
+
+    @app.exception_handler(OperationalError)
+    async def registry_busy(request: Request, exc: OperationalError) -> JSONResponse:
+        # e.g. SQLite's "database is locked" under a burst of writes: transient
+        log.warning("registry busy on %s: %s", request.url.path, str(exc).splitlines()[0])
+        return _error(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "the registry is busy; retry shortly",
+            {"Retry-After": str(RETRY_AFTER_BUSY_S)},
         )
 
     @app.exception_handler(ClientDisconnect)

@@ -132,8 +132,29 @@ def test_call_limits_count_per_device_and_release_once():
     limits.claim("/secdood.v1.DeviceGateway/ReportTelemetry", "a")
     first()
     first()  # a second release changes nothing
-    assert limits.in_flight() == {"data": 2, "telemetry": 1, "enroll": 0}
+    assert limits.in_flight() == {"data": 2, "he": 0, "telemetry": 1, "enroll": 0}
     limits.claim(upload, "c")
+
+
+def test_encrypted_evaluations_have_their_own_cap():
+    limits = CallLimits(max_data=4, per_device=4, max_telemetry=1, max_enroll=1, max_he=1)
+    personalize = "/secdood.v1.DeviceGateway/Personalize"
+    release = limits.claim(personalize, "a")
+    with pytest.raises(Exception, match="1 encrypted evaluations in flight"):
+        limits.claim(personalize, "b")
+    limits.claim("/secdood.v1.DeviceGateway/GetModel", "b")  # other data calls still run
+    release()
+    limits.claim(personalize, "b")
+
+
+def test_a_busy_registry_is_a_retryable_refusal():
+    from sqlalchemy.exc import OperationalError
+
+    from server.gateway.errors import status_for
+
+    busy = OperationalError("BEGIN IMMEDIATE", {}, Exception("database is locked"))
+    code, message = status_for(busy)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "registry is busy" in message
 
 
 def test_the_device_client_retries_overload_with_backoff(device_gateway_factory):
