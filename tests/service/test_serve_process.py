@@ -180,24 +180,10 @@ def test_sigterm_during_default_training_exits_within_20_s_and_cancels_the_job(d
         assert [m.version for m in registry.list_models("secdood_base")] == [1]
 
 
-def test_data_dir_database_and_keys_are_private(tmp_path):
-    (tmp_path / "data").mkdir(mode=0o755)  # as an operator might have created it
-    server = ServerProcess(tmp_path / "data", bootstrap=False)
-    try:
-        server.wait_live()
-        assert server.terminate() == 0
-    finally:
-        server.kill()
+def test_without_a_model_the_server_is_live_but_not_ready_and_its_data_is_private(tmp_path):
     data = tmp_path / "data"
-    assert data.stat().st_mode & 0o077 == 0
-    assert (data / "registry.sqlite3").stat().st_mode & 0o077 == 0
-    log = server.log.read_text()
-    for secret in KEYS.values():
-        assert secret not in log
-
-
-def test_without_a_model_the_server_is_live_but_not_ready(tmp_path):
-    server = ServerProcess(tmp_path, bootstrap=False)
+    data.mkdir(mode=0o755)  # as an operator might have created it
+    server = ServerProcess(data, bootstrap=False)
     try:
         server.wait_live()
         time.sleep(1.0)
@@ -206,6 +192,10 @@ def test_without_a_model_the_server_is_live_but_not_ready(tmp_path):
         assert server.terminate() == 0
     finally:
         server.kill()
+    assert data.stat().st_mode & 0o077 == 0
+    assert (data / "registry.sqlite3").stat().st_mode & 0o077 == 0
+    log = server.log.read_text()
+    assert not [secret for secret in KEYS.values() if secret in log]
 
 
 def test_generated_keys_are_private_and_stable(tmp_path):
