@@ -317,8 +317,8 @@ def run_fuzz() -> dict[str, Any]:
 # -- report -----------------------------------------------------------------------------------
 
 
-#: copies of a payload one data call may hold: received chunks, the joined bytes, the parse
-COPIES_PER_CALL = 3
+#: copies of a payload one data call may hold: the received bytes and the parsed context
+COPIES_PER_CALL = 2
 
 
 def rss_bound(baseline_rss: int) -> int:

@@ -13,7 +13,8 @@ Framing: the first chunk carries ``sha256`` (hex of the whole payload) and
 
 Nothing here touches the registry, so a refused upload cannot leave a trace.
 The payload is held in memory (bounded by the cap) because it must be parsed as
-a whole before it may be stored.
+a whole before it may be stored; it grows in one buffer as chunks arrive (never
+ahead of the bytes received), so it is held once, not as chunks plus a joined copy.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def receive_upload(chunks: Iterable[UploadChunk], limits: UploadLimits | int) ->
             f"sha256 mismatch: declared {expected_sha256}, received bytes hash to "
             f"{actual_sha256}; the upload is corrupt and nothing was stored",
         )
-    return b"".join(assembled.parts), actual_sha256
+    return assembled.payload, actual_sha256
 
 
 class _Assembly:
@@ -124,7 +125,7 @@ class _Assembly:
         self.max_bytes = limits.max_bytes
         self.limits = limits
         self.digest = hashlib.sha256()
-        self.parts: list[bytes] = []
+        self.payload = bytearray()
         self.received = 0
         self.empty = 0
 
@@ -156,4 +157,4 @@ class _Assembly:
                 f"(at chunk {index})",
             )
         self.digest.update(chunk.data)
-        self.parts.append(chunk.data)
+        self.payload += chunk.data
