@@ -177,6 +177,11 @@ class JobRunner:
         assert model is not None  # reraise=True: a failed run raised above
         return self.registry.get_job(job.id), model
 
+    def busy(self) -> bool:
+        """Whether a trainer is still running (e.g. a cancelled one between progress reports)."""
+        with self._condition:
+            return bool(self._active)
+
     def queued(self) -> int:
         """Jobs waiting for the worker."""
         with self._condition:
