@@ -32,8 +32,9 @@ from server.registry.records import ModelRecord
 from shared.channel_importance import channel_count, check_alpha, check_indices
 from shared.he import chunk_bounds, ciphertext_from, load_public_context, output_chunk_size
 from shared.hypernet import HyperNetworkConfig, hypernet_from_state
+from shared.model_names import HYPERNETWORK
 
-DEFAULT_HYPERNET = "hypernetwork"
+DEFAULT_HYPERNET = HYPERNETWORK
 #: memory for parsed public contexts; a parsed context takes about its serialised size
 #: (measured: 31 MB parsed for a 35 MB context at N = 8192, so the estimate errs high)
 DEFAULT_CONTEXT_CACHE_BYTES = 1024 * 1024 * 1024

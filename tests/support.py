@@ -3,7 +3,8 @@
 ``wait_until`` is the one polling helper of the suite. ``make_tiny_bundle``
 builds a randomly initialised, untrained base model with reference features and
 calibrated thresholds — enough to test plumbing (transport, registry, CLI),
-never accuracy.
+never accuracy. ``make_hypernet`` and ``SMALL_PARAMS`` (a small CKKS ring) do
+the same for personalisation.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fixtures for personalisation tests: trained-looking HyperNetworks and CKKS contexts."""
+"""Fixtures for personalisation tests: CKKS contexts (HyperNetworks: ``support.make_hypernet``)."""
 
 from __future__ import annotations
 
