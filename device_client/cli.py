@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf.json_format import MessageToDict
 
+from device_client.diffusion_cli import add_diffusion_commands
 from device_client.gateway_client import GatewayClient, GatewayClientError
 from device_client.state import DeviceIdentity, DeviceState, NotEnrolledError
 from shared.data.corruptions import CORRUPTIONS
@@ -265,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="device-bench.json", help="where to write the JSON")
     bench.set_defaults(func=cmd_bench)
     _add_simulate_camera(sub)
+    add_diffusion_commands(sub)
     return parser
 
 

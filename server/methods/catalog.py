@@ -28,6 +28,8 @@ METHOD_PATHS: dict[str, str] = {
     "pc_bp": "server.methods.predictive_coding:BP_TRAINER",
     # Expectation Backpropagation (binary weights, mean-field)
     "ebp": "server.methods.ebp:TRAINER",
+    # tiny class-conditional DDPM; devices personalise it by ZO textual inversion (ZOODiP)
+    "diffusion": "server.methods.diffusion:TRAINER",
 }
 
 

@@ -1,0 +1,11 @@
+"""A tiny class-conditional DDPM on 16x16 digits (ZOODiP in miniature, docs/algorithms/zoodip.md).
+
+One module per concept: :mod:`.data` (digits at 16x16, the held-out concept), :mod:`.schedule`
+(DDPM noise schedule and sampler), :mod:`.denoiser` (the conditional conv net), :mod:`.int8`
+(int8 weights for the device), :mod:`.artifact` (denoiser and learned-token files),
+:mod:`.inversion` (the textual-inversion loss and the backprop baseline).
+"""
+
+#: registry / hub method name of the denoiser (the learned token is ``DIFFUSION_TOKEN_MODEL``)
+DIFFUSION_MODEL = "diffusion"
+DIFFUSION_TOKEN_MODEL = "diffusion_token"
