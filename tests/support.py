@@ -42,3 +42,14 @@ def make_tiny_bundle(seed: int = 0) -> ModelBundle:
         metrics={"val_accuracy": 0.0},
         train_config={"tiny": True},
     )
+
+
+def make_tiny_denoiser(seed: int = 0, held_out: int = 7):
+    """A small random (untrained) diffusion denoiser, width 8, with one class marked held out."""
+    from shared.diffusion.denoiser import Denoiser, DenoiserConfig
+
+    torch.manual_seed(seed)
+    model = Denoiser(DenoiserConfig(width=8, token_dim=8, cond_dim=16, groups=4))
+    with torch.no_grad():
+        model.trained_classes[held_out] = 0.0
+    return model.eval().requires_grad_(False)
