@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.svm import SVC
 
 from bench.report import IMAGES, markdown_table, write_json, write_section
 
@@ -60,8 +59,10 @@ def registered_models() -> tuple[bytes, bytes]:
         return read(record.artifact_sha256), read(int8.artifact_sha256)
 
 
-def digit_classifier(held_out: int, exclude: torch.Tensor) -> tuple[SVC, float]:
+def digit_classifier(held_out: int, exclude: torch.Tensor) -> tuple[Any, float]:
     """SVM on real 16x16 digits of all classes (minus ``exclude`` images); test accuracy."""
+    from sklearn.svm import SVC
+
     from shared.diffusion.data import digit_splits, to_unit
 
     train, test = digit_splits()
@@ -72,7 +73,7 @@ def digit_classifier(held_out: int, exclude: torch.Tensor) -> tuple[SVC, float]:
     return classifier, float((classifier.predict(test_x) == test.labels.numpy()).mean())
 
 
-def recognised(classifier: SVC, images: torch.Tensor, digit: int) -> float:
+def recognised(classifier: Any, images: torch.Tensor, digit: int) -> float:
     from shared.diffusion.data import to_unit
 
     labels = classifier.predict(to_unit(images).reshape(len(images), -1).numpy())
@@ -91,7 +92,7 @@ def run_seed(
     steps: int,
     samples: int,
     sample_steps: int,
-    classifier: SVC,
+    classifier: Any,
 ) -> dict[str, Any]:
     """Every method on one concept set; returns per-method fraction, passes, tokens."""
     from device_client.diffusion_personalization import (
@@ -148,8 +149,6 @@ def run_seed(
 
 def worker(job: str, model_path: str, images_path: str, steps: int) -> None:
     """Run one job and print ``{"peak_mib", "seconds", "steps"}`` (called in a fresh process)."""
-    from device_client.benchmark import peak_rss_kib
-
     images = torch.load(images_path, weights_only=True)
     data = Path(model_path).read_bytes()
     seconds = 0.0
@@ -171,7 +170,22 @@ def worker(job: str, model_path: str, images_path: str, steps: int) -> None:
         seconds = time.perf_counter() - start
     elif job != "load_int8":
         raise ValueError(f"unknown job {job!r}")
-    print(json.dumps({"peak_mib": peak_rss_kib() / 1024.0, "seconds": seconds, "steps": steps}))
+    print(json.dumps({"peak_mib": peak_rss_mib(), "seconds": seconds, "steps": steps}))
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS (Linux VmHWM; ru_maxrss elsewhere), in MiB.
+
+    VmHWM rather than ru_maxrss: after fork + exec, ru_maxrss can report the parent's peak.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def memory_and_speed(
@@ -242,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from shared.diffusion.data import concept_images
     from shared.diffusion.int8 import weight_bytes
 
-    seeds, steps, samples, sample_steps = (2, 300, 32, 50) if args.quick else (5, 1000, 100, 100)
+    seeds, steps, samples, sample_steps = (2, 300, 32, 25) if args.quick else (4, 1000, 64, 50)
     started = time.perf_counter()
     float_bytes, int8_bytes = registered_models()
     float_model, state = float_denoiser_from_bytes(float_bytes)
@@ -298,7 +312,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name in ("puts", "both")
     }
     memory = memory_and_speed(
-        float_bytes, int8_bytes, held_out, 100 if args.quick else 300, 3 if args.quick else 5
+        float_bytes, int8_bytes, held_out, 50 if args.quick else 200, 2 if args.quick else 3
     )
     result = {
         "quick": args.quick,
