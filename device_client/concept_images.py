@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from shared.diffusion.data import IMAGE_SIZE
+from shared.diffusion import IMAGE_SIZE
 
 IMAGE_SUFFIXES = (".png",)
 

@@ -9,3 +9,7 @@ One module per concept: :mod:`.data` (digits at 16x16, the held-out concept), :m
 #: registry / hub method name of the denoiser (the learned token is ``DIFFUSION_TOKEN_MODEL``)
 DIFFUSION_MODEL = "diffusion"
 DIFFUSION_TOKEN_MODEL = "diffusion_token"
+
+#: image side of the diffusion model (digits upscaled from 8x8) and size of its class vocabulary
+IMAGE_SIZE = 16
+NUM_CLASSES = 10

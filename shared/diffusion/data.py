@@ -16,8 +16,8 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-IMAGE_SIZE = 16
-NUM_CLASSES = 10
+from shared.diffusion import IMAGE_SIZE, NUM_CLASSES
+
 #: default held-out concept (any digit works; 7 is distinct from the others in shape)
 HELD_OUT_CLASS = 7
 

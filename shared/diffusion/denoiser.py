@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from shared.diffusion.data import IMAGE_SIZE, NUM_CLASSES
+from shared.diffusion import IMAGE_SIZE, NUM_CLASSES
 
 
 @dataclass(frozen=True)
