@@ -314,6 +314,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         if name == "backprop_ti":
             methods[name]["backward_passes"] = steps
+        else:  # dimensions the subspace gradient kept at the end (None without SG)
+            methods[name]["d_eff_per_seed"] = [s[name]["d_eff"] for s in per_seed]
     initial = _mean_std([s["initial_token"]["recognised_fraction"] for s in per_seed])[0]
     passes = {
         name: {
