@@ -66,9 +66,9 @@ def test_zo_inversion_lowers_the_loss_with_forward_passes_only(models, subspace)
     int8 = models[1]
     images = concept_images(5)
     monitor = evaluation_objective(int8, images)
-    config = ZOInversionConfig(steps=300, subspace=subspace, tau=32, seed=0)
-    result = learn_token_zo(int8, images, config, monitor=monitor, monitor_every=100)
-    assert result.forward_passes == 300 * 2  # one-sided, n = 1
+    config = ZOInversionConfig(steps=150, subspace=subspace, tau=32, seed=0)
+    result = learn_token_zo(int8, images, config, monitor=monitor, monitor_every=50)
+    assert result.forward_passes == 150 * 2  # one-sided, n = 1
     start, end = result.monitored[0][1], result.monitored[-1][1]
     assert end < start - 1e-3, (start, end)
     if subspace:  # d = 8 <= tau: the estimate is confined to the top principal directions
