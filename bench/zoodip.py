@@ -48,7 +48,7 @@ def registered_models() -> tuple[bytes, bytes]:
     from server.methods.diffusion import export_int8
     from server.registry.errors import NotFoundError
     from server.settings import Settings
-    from shared.diffusion import DIFFUSION_MODEL
+    from shared.model_names import DIFFUSION_MODEL
 
     with open_registry(Settings()) as registry:
         record = ensure_model(registry, DIFFUSION_MODEL)

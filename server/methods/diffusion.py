@@ -18,7 +18,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.methods.base import ProgressFn, TrainResult, no_progress
-from shared.diffusion import DIFFUSION_MODEL, DIFFUSION_TOKEN_MODEL
 from shared.diffusion.artifact import (
     denoiser_from_state,
     denoiser_state,
@@ -29,6 +28,7 @@ from shared.diffusion.artifact import (
 from shared.diffusion.data import HELD_OUT_CLASS, NUM_CLASSES, denoiser_training_set
 from shared.diffusion.denoiser import Denoiser, DenoiserConfig
 from shared.diffusion.schedule import NoiseSchedule
+from shared.model_names import DIFFUSION_MODEL, DIFFUSION_TOKEN_MODEL
 
 
 class DiffusionConfig(BaseModel):

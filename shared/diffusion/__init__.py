@@ -4,11 +4,9 @@ One module per concept: :mod:`.data` (digits at 16x16, the held-out concept), :m
 (DDPM noise schedule and sampler), :mod:`.denoiser` (the conditional conv net), :mod:`.int8`
 (int8 weights for the device), :mod:`.artifact` (denoiser and learned-token files),
 :mod:`.inversion` (the textual-inversion loss and the backprop baseline).
-"""
 
-#: registry / hub method name of the denoiser (the learned token is ``DIFFUSION_TOKEN_MODEL``)
-DIFFUSION_MODEL = "diffusion"
-DIFFUSION_TOKEN_MODEL = "diffusion_token"
+Model names (``diffusion``, ``diffusion_token``) live in :mod:`shared.model_names`.
+"""
 
 #: image side of the diffusion model (digits upscaled from 8x8) and size of its class vocabulary
 IMAGE_SIZE = 16

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from shared.diffusion.denoiser import Denoiser, DenoiserConfig
 from shared.diffusion.int8 import build_int8_denoiser, quantize_denoiser_state
+from shared.model_names import DIFFUSION_MODEL
 
 FORMAT_INT8 = "secdood-diffusion-int8"
 FORMAT_TOKEN = "secdood-diffusion-token"
@@ -64,8 +65,10 @@ def denoiser_from_state(state: dict[str, Any]) -> Denoiser:
 def float_denoiser_from_bytes(data: bytes) -> tuple[Denoiser, dict[str, Any]]:
     """(model, state) from the registry's float artifact of the ``diffusion`` method."""
     payload = _load(data, METHOD_FORMAT, "SecDOOD method artifact")
-    if payload.get("method") != "diffusion":
-        raise ValueError(f"artifact is of method {payload.get('method')!r}, not 'diffusion'")
+    if payload.get("method") != DIFFUSION_MODEL:
+        raise ValueError(
+            f"artifact is of method {payload.get('method')!r}, not {DIFFUSION_MODEL!r}"
+        )
     return denoiser_from_state(payload["state"]), payload["state"]
 
 

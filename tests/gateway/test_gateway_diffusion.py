@@ -14,9 +14,9 @@ from device_client.gateway_client import GatewayClient
 from server.jobs import JobRunner
 from server.methods.catalog import validate_config
 from server.methods.diffusion import export_int8, register_token
-from shared.diffusion import DIFFUSION_MODEL, DIFFUSION_TOKEN_MODEL
 from shared.diffusion.artifact import int8_denoiser_from_bytes, token_bytes, token_from_bytes
 from shared.diffusion.data import concept_images
+from shared.model_names import DIFFUSION_MODEL, DIFFUSION_TOKEN_MODEL
 
 TINY = {"steps": 3, "batch_size": 8, "width": 8, "token_dim": 8, "held_out_class": 4}
 

@@ -16,7 +16,7 @@ import hashlib
 import sys
 from pathlib import Path
 
-from shared.diffusion import DIFFUSION_MODEL
+from shared.model_names import DIFFUSION_MODEL
 
 TOKENS_DIR = "tokens"
 

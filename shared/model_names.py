@@ -1,0 +1,16 @@
+"""Names of the registered models both sides ask for, defined once.
+
+The cloud registers artifacts under these names and the device asks for them
+over gRPC; the literal lives only here so the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+#: the two-stream base model (``secdood-server train``, the device's download)
+BASE_MODEL = "secdood_base"
+#: the HyperNetwork that personalises the fused head (``train --method hypernetwork``)
+HYPERNETWORK = "hypernetwork"
+#: the tiny class-conditional DDPM (``train --method diffusion``; int8 variant for devices)
+DIFFUSION_MODEL = "diffusion"
+#: tokens learned for new concepts by textual inversion of ``DIFFUSION_MODEL``
+DIFFUSION_TOKEN_MODEL = "diffusion_token"
