@@ -86,3 +86,14 @@ def make_hypernet(embed_dim: int, num_classes: int, variant: str = "one_m", seed
         for _ in range(5):  # move the running statistics away from (0, 1)
             model(torch.rand(64, embed_dim) * 2.0)
     return model.eval()
+
+
+def make_tiny_denoiser(seed: int = 0, held_out: int = 7):
+    """A small random (untrained) diffusion denoiser, width 8, with one class marked held out."""
+    from shared.diffusion.denoiser import Denoiser, DenoiserConfig
+
+    torch.manual_seed(seed)
+    model = Denoiser(DenoiserConfig(width=8, token_dim=8, cond_dim=16, groups=4))
+    with torch.no_grad():
+        model.trained_classes[held_out] = 0.0
+    return model.eval().requires_grad_(False)
