@@ -91,10 +91,10 @@ def test_near_ood_motion_differs_from_every_id_motion():
     for near in NEAR_OOD_ACTIONS:
         for known in ID_ACTIONS:
             assert np.abs(trajectory(near) - trajectory(known)).max() > 2.0, (near, known)
-    # Near-hard motions stay close to one ID motion, yet none of them coincides with it.
+    # Near-hard motions stay close to an ID motion, yet none of them coincides with one.
     for hard in NEAR_HARD_ACTIONS:
         gaps = [np.abs(trajectory(hard) - trajectory(known)).max() for known in ID_ACTIONS]
-        assert min(gaps) > 1.0, (hard, gaps)
+        assert min(gaps) > 0.5, (hard, gaps)  # >= 0.5 px off the nearest ID path
 
 
 @pytest.mark.parametrize(
