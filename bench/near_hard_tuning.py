@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from bench.report import markdown_table, write_json, write_section
-from server.cli import load_registered_bundle
 from server.evaluation import data_config_of
+from server.registry.bundles import load_registered_bundle
 from server.settings import Settings
 from shared.data import actions
 from shared.data.digit_actions import generate_split, load_split

@@ -25,7 +25,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from bench.report import IMAGES, markdown_table, write_json, write_section  # noqa: E402
-from server.cli import load_registered_bundle  # noqa: E402
 from server.evaluation import (  # noqa: E402
     OOD_SPLIT_TITLES,
     OOD_SPLITS,
@@ -33,6 +32,7 @@ from server.evaluation import (  # noqa: E402
     detector_scores,
     embed_splits,
 )
+from server.registry.bundles import load_registered_bundle  # noqa: E402
 from server.settings import Settings  # noqa: E402
 from shared.data.digit_actions import load_split  # noqa: E402
 from shared.ood.base import Evidence  # noqa: E402
