@@ -1,10 +1,12 @@
 """The cloud half of SecDOOD personalisation: H on the device's selected channels.
 
-The HyperNetwork is affine in its input (:mod:`shared.hypernet`), Θ = z_m·A + c,
-and a masked channel contributes nothing, so the cloud only needs the rows of A
-for the channels the device selected: ``Enc(Θ) = Enc(z[indices]) · A[indices] + c``
-— one vector × plain-matrix product (one rotation per selected row, which is
-why selecting a quarter of the channels costs about a quarter of the time).
+The HyperNetwork is affine in its input (:mod:`shared.hypernet`), Θ = x·A + c with
+x = m ⊙ (u − r), and an unselected channel contributes nothing, so the cloud only needs
+the rows of A for the channels the device selected:
+``Enc(Θ) = Enc(u[indices]) · A[indices] + (c − r[indices]·A[indices])``
+(:func:`shared.hypernet.restricted_map`) — one vector × plain-matrix product (one
+rotation per selected row, which is why selecting a quarter of the channels costs about
+a quarter of the time).
 
 The cloud holds only the device's *public* context (loaded from the registry
 and cached, since a 35 MB context takes a while to parse); it can compute on the
@@ -30,7 +32,7 @@ from server.registry import Registry
 from server.registry.records import ModelRecord
 from shared.channel_importance import channel_count, check_alpha, check_indices
 from shared.he import chunk_bounds, ciphertext_from, load_public_context, output_chunk_size
-from shared.hypernet import HyperNetworkConfig, hypernet_from_state
+from shared.hypernet import HyperNetworkConfig, hypernet_from_state, restricted_map
 from shared.model_names import HYPERNETWORK
 
 DEFAULT_HYPERNET = HYPERNETWORK
@@ -53,6 +55,7 @@ class FoldedHyperNet:
     config: HyperNetworkConfig
     a: np.ndarray  # [D, D·C + C]
     c: np.ndarray  # [D·C + C]
+    reference: np.ndarray  # [D]: the value an unselected channel stands for
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,8 @@ class PersonalizationService:
             return cached
         model = hypernet_from_artifact(self._registry.artifacts.read_bytes(record.artifact_sha256))
         a, c = model.affine_map()
-        folded = FoldedHyperNet(record, model.config, a.numpy(), c.numpy())
+        reference = model.reference.double().numpy()
+        folded = FoldedHyperNet(record, model.config, a.numpy(), c.numpy(), reference)
         with self._lock:
             self._hypernets[record.artifact_sha256] = folded
         return folded
@@ -145,7 +149,7 @@ class PersonalizationService:
                 f"alpha {alpha} selects {channel_count(alpha, d)} of {d} channels, but "
                 f"{indices.size} indices were sent"
             )
-        rows, offset = hypernet.a[indices], hypernet.c
+        rows, offset = restricted_map(hypernet.a, hypernet.c, hypernet.reference, indices)
         if (query.encrypted is None) == (query.plain is None):
             raise ValueError("send exactly one of an encrypted or a plain embedding")
         if query.plain is not None:
