@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     best = {
         split: max(report["detectors"].items(), key=lambda item: item[1][split]["auroc"])
-        for split in ("near", "far")
+        for split in ("near", "near_hard", "far")
     }
     shift = report["shift"]
     rows = [[name, *(v[str(s)] for s in SEVERITIES)] for name, v in shift["per_corruption"].items()]
@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         "- training wall time (default config, 2 threads): "
         + (f"**{train_wall:.0f} s**" if train_wall is not None else "not measured (--reuse)"),
         f"- ID test accuracy: **{report['id_accuracy']:.4f}**",
-        f"- best near-OOD AUROC: {best['near'][0]} **{best['near'][1]['near']['auroc']:.4f}**; "
+        f"- best near-easy OOD AUROC: {best['near'][0]} "
+        f"**{best['near'][1]['near']['auroc']:.4f}**; best near-hard OOD AUROC: "
+        f"{best['near_hard'][0]} **{best['near_hard'][1]['near_hard']['auroc']:.4f}**; "
         f"best far-OOD AUROC: {best['far'][0]} **{best['far'][1]['far']['auroc']:.4f}**",
         f"- device shift: clean {shift['clean']:.4f} → mean at severity 5 "
         f"{shift['severity']['5']:.4f} (**{100 * drop:.1f} points** lower)",

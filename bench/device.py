@@ -3,22 +3,34 @@
     python -m bench.device [--quick] [--model FLOAT.pt]
 
 Exports the int8 artifact from the float model (as ``secdood-server export --int8`` does), runs
-:func:`device_client.benchmark.run_device_benchmark`, writes ``bench/results/device.json``,
-prints the markdown tables, plots the ZO few-shot curves to ``docs/img/zo_few_shot.png`` and
-(full runs only) rewrites the ``device`` section of BENCHMARKS.md. Without ``--model`` the
-latest registered base model of ``$SECDOOD_DATA_DIR`` is used (trained first if there is none).
+every section — ``int8`` (:mod:`device_client.measure`), ``validation`` / ``leantta`` /
+``baselines`` (settings chosen on validation shifts, test shifts once: :mod:`bench.device_shift`),
+``memory`` (:mod:`bench.device_memory`), ``zo`` (:mod:`bench.device_zo`) — writes
+``bench/results/device.json``, prints the markdown tables (:mod:`bench.device_tables`), plots
+the ZO few-shot curves to ``docs/img/zo_few_shot.png`` and (full runs only) rewrites the
+``device`` section of BENCHMARKS.md. Without ``--model`` the latest registered base model of
+``$SECDOOD_DATA_DIR`` is used (trained first if there is none).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import platform
+import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from bench.device_memory import memory_section
+from bench.device_shift import run_test_shifts, validation_sweeps
+from bench.device_tables import markdown_tables
+from bench.device_zo import zo_section
 from bench.report import default_base_model_path, write_section
-from device_client.benchmark import markdown_tables, run_device_benchmark
+from device_client.measure import int8_vs_float
 from server.export import export_int8_bytes
 from shared.models.checkpoint import load_bundle
 
@@ -55,6 +67,43 @@ def plot_zo(zo: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def run_device_benchmark(
+    float_path: Path, int8_path: Path, out: Path, quick: bool = False
+) -> dict[str, Any]:
+    """Run every section, write ``out`` (JSON) and return the results."""
+    torch.set_num_threads(1)
+    started = time.time()
+    results: dict[str, Any] = {
+        "quick": quick,
+        "machine": {
+            "machine": platform.machine(),
+            "processor": platform.processor(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+    }
+    n_shift = 16 if quick else 96
+    print("int8 vs float ...", file=sys.stderr)
+    results["int8"] = int8_vs_float(float_path, int8_path, 120 if quick else 600)
+    print("validation shifts: choosing settings ...", file=sys.stderr)
+    results["validation"] = validation_sweeps(float_path, n_shift)
+    print("test shifts: once, chosen settings ...", file=sys.stderr)
+    results["leantta"], results["baselines"] = run_test_shifts(
+        float_path, int8_path, n_shift, results["validation"]["chosen"]
+    )
+    print("memory ...", file=sys.stderr)
+    results["memory"] = memory_section(
+        float_path, int8_path, 16 if quick else 48, 1 if quick else 3
+    )
+    print("zeroth order ...", file=sys.stderr)
+    results["zo"] = zo_section(float_path, 300 if quick else 3000)
+    results["seconds"] = time.time() - started
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(markdown_tables(results))
+    return results
 
 
 def main() -> None:

@@ -110,7 +110,9 @@ def cmd_status(args: argparse.Namespace, state: DeviceState) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, state: DeviceState) -> int:
-    from device_client.benchmark import run_device_benchmark
+    import json
+
+    from device_client.measure import format_runtime, measure_runtime
 
     float_path = Path(args.model) if args.model else state.model_path(DEFAULT_MODEL, "float")
     int8_path = (
@@ -121,7 +123,11 @@ def cmd_bench(args: argparse.Namespace, state: DeviceState) -> int:
             raise CliError(
                 f"no {variant} model at {path}; run `{PROG} download --variant {variant}`"
             )
-    run_device_benchmark(float_path, int8_path, Path(args.out), quick=args.quick)
+    results = measure_runtime(float_path, int8_path, quick=args.quick)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(format_runtime(results))
     return 0
 
 
@@ -226,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="one JSON object")
     status.set_defaults(func=cmd_status)
 
-    bench = sub.add_parser("bench", help="run the device benchmarks on this device")
+    bench = sub.add_parser(
+        "bench", help="measure this device: float vs int8, LeanTTA's latency cost"
+    )
     bench.add_argument("--quick", action="store_true", help="a small, fast version")
     bench.add_argument("--model", metavar="FILE", help="float artifact (default: downloaded)")
     bench.add_argument("--int8-model", metavar="FILE", help="int8 artifact (default: downloaded)")

@@ -46,7 +46,7 @@ from shared.pipeline import DEFAULT_DETECTOR, OODPipeline, Verdicts
 
 ADAPT_MODES = ("none", "leantta", "zo")
 #: LeanTTA / ZO adapt all three conv BatchNorms of each stream by default (the projection
-#: BatchNorm1d is folded): the best k on the corruption suite for float and int8 (docs/device.md)
+#: BatchNorm1d is folded); bench/device.py re-chooses (k, tau, lambda) on validation shifts
 DEFAULT_ADAPT_LAYERS = 3
 
 

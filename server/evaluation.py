@@ -1,4 +1,4 @@
-"""Evaluate a base model: ID accuracy, OOD detection (near and far), device shift.
+"""Evaluate a base model: ID accuracy, OOD detection (near-easy, near-hard, far), device shift.
 
 The JSON report (``secdood-server eval --json``) has the shape::
 
@@ -6,10 +6,11 @@ The JSON report (``secdood-server eval --json``) has the shape::
      "shift": {"clean": acc, "severity": {"1": acc, ..., "5": acc},
                "per_corruption": {name: {"1": acc, ..., "5": acc}}},
      "detectors": {name: {"near": {"auroc", "fpr95", "aupr_in", "aupr_out"},
-                          "far": {...}}}}
+                          "near_hard": {...}, "far": {...}}}}
 
-All numbers are fractions in [0, 1]. ID is the positive class for the OOD
-metrics (see docs/ood.md).
+``near`` is the original near-OOD split, called "near-easy" in reports (the key stays for
+backward compatibility); ``near_hard`` holds motions built from the ID primitives. All numbers
+are fractions in [0, 1]. ID is the positive class for the OOD metrics (see docs/ood.md).
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ from shared.ood.registry import DETECTORS
 from shared.pipeline import OODPipeline
 
 SEVERITIES = (1, 2, 3, 4, 5)
+#: OOD splits scored against the ID test split: report key -> data split.
+OOD_SPLITS: dict[str, str] = {"near": "near", "near_hard": "near_hard", "far": "far"}
+#: Report names of the OOD splits (the "near" key is the near-easy split).
+OOD_SPLIT_TITLES: dict[str, str] = {"near": "near-easy", "near_hard": "near-hard", "far": "far"}
 
 
 def data_config_of(bundle: ModelBundle) -> DigitActionsConfig:
@@ -64,7 +69,9 @@ def detector_scores(
 
 
 def embed_splits(
-    pipeline: OODPipeline, data_config: DigitActionsConfig, names=("test", "near", "far")
+    pipeline: OODPipeline,
+    data_config: DigitActionsConfig,
+    names: tuple[str, ...] = ("test", *OOD_SPLITS.values()),
 ) -> tuple[dict[str, ClipSet], dict[str, torch.Tensor]]:
     """Load each split and embed it with the pipeline's model."""
     splits = {name: load_split(name, data_config) for name in names}
@@ -85,17 +92,14 @@ def evaluate(
     detectors = detectors or sorted(DETECTORS)
     started = time.perf_counter()
 
-    progress(0.0, "embedding ID test, near-OOD and far-OOD clips")
+    progress(0.0, "embedding ID test, near-OOD (easy, hard) and far-OOD clips")
     splits, embedded = embed_splits(pipeline, data_config)
     logits = {name: pipeline.score_features(z).logits for name, z in embedded.items()}
     test_labels = torch.as_tensor(splits["test"].labels)
     report: dict[str, Any] = {"id_accuracy": accuracy(logits["test"], test_labels)}
 
     report["detectors"] = {
-        name: {
-            "near": ood_metrics(scores["test"], scores["near"]),
-            "far": ood_metrics(scores["test"], scores["far"]),
-        }
+        name: {key: ood_metrics(scores["test"], scores[split]) for key, split in OOD_SPLITS.items()}
         for name, scores in detector_scores(pipeline, embedded, detectors).items()
     }
 
@@ -129,15 +133,17 @@ def format_report(report: dict[str, Any]) -> str:
     """The same report as readable tables."""
     lines = [f"ID accuracy (clean test): {report['id_accuracy']:.4f}", ""]
     lines.append("OOD detection (ID positive; higher AUROC / lower FPR95 is better)")
-    header = (
-        f"{'detector':<14}{'near AUROC':>11}{'near FPR95':>11}{'far AUROC':>11}{'far FPR95':>11}"
+    keys = list(OOD_SPLITS)
+    header = f"{'detector':<14}" + "".join(
+        f"{OOD_SPLIT_TITLES[key] + ' ' + metric:>17}"
+        for key in keys
+        for metric in ("AUROC", "FPR95")
     )
     lines += [header, "-" * len(header)]
     for name, res in report["detectors"].items():
-        near, far = res["near"], res["far"]
         lines.append(
-            f"{name:<14}{near['auroc']:>11.4f}{near['fpr95']:>11.4f}"
-            f"{far['auroc']:>11.4f}{far['fpr95']:>11.4f}"
+            f"{name:<14}"
+            + "".join(f"{res[key][metric]:>17.4f}" for key in keys for metric in ("auroc", "fpr95"))
         )
     shift = report["shift"]
     lines += ["", f"Device shift: accuracy on corrupted test clips (clean {shift['clean']:.4f})"]

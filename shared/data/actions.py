@@ -7,9 +7,16 @@ rescales them for other sizes); angles in degrees, positive = clockwise *on scre
 
 The 6 in-distribution (ID) actions are straight translations, a zoom-in and a clockwise
 rotation. The near-OOD actions draw their parameters from exactly the same distribution (same
-speeds, offsets, sizes) and differ only in the motion pattern: zoom-out, anticlockwise
-rotation, shake, bounce and circular paths. Every motion moves actor pixels by roughly
-1.5-3.5 px per frame at 32x32, enough to stand out in Farnebäck flow.
+speeds, offsets, sizes) and differ only in the motion pattern. Two near-OOD sets:
+
+- *near-easy* (:data:`NEAR_OOD_ACTIONS`, the original near split): zoom-out, anticlockwise
+  rotation, shake, bounce and circular paths — motions no ID class contains;
+- *near-hard* (:data:`NEAR_HARD_ACTIONS`): motions built from the ID primitives — diagonals
+  between two ID directions, slow or half-clip ID translations, an ID motion plus a small
+  secondary motion — so an ID classifier finds a plausible class for most of them.
+
+Every motion moves actor pixels by roughly 1-3.5 px per frame at 32x32, enough to stand out in
+Farnebäck flow.
 """
 
 from __future__ import annotations
@@ -33,6 +40,20 @@ BOUNCE_RAD_PER_FRAME = 0.8
 CIRCLE_RADIUS_PX = 4.5
 CIRCLE_RAD_PER_FRAME = 0.6
 SPEED_RANGE = (0.75, 1.25)
+
+# Near-hard motions: recipe "D" of bench/near_hard_tuning.py, chosen on validation clips only
+# (best detector AUROC in [0.75, 0.95]; BENCHMARKS.md "Near-hard OOD tuning").
+#: Angle (degrees) of the diagonal translations from the horizontal (45 = halfway).
+DIAGONAL_DEG = 28.0
+#: Speed of the slow translations relative to the ID translations.
+SLOW_FACTOR = 0.65
+#: Fraction of the clip during which a halting translation moves (then it stands still).
+HALT_FRACTION = 0.7
+#: Secondary motions added to an ID motion: a perpendicular drift (px/frame at speed 1) ...
+DRIFT_PX_PER_FRAME = 0.5
+#: ... or a perpendicular sine wobble (amplitude px, rad per frame).
+WOBBLE_AMPLITUDE_PX = 1.0
+WOBBLE_RAD_PER_FRAME = 1.6
 
 
 @dataclass(frozen=True)
@@ -140,6 +161,73 @@ def _circle(sign: float) -> Callable[..., Placement]:
     return placement
 
 
+def _translate_diagonal(toward_x: float, toward_y: float) -> Callable[..., Placement]:
+    """A translation :data:`DIAGONAL_DEG` from "right"/"left" (toward_x = +-1) toward "up"/"down"
+    (toward_y = -+1): at 45 degrees, halfway between two ID directions."""
+
+    def placement(t: int, n_frames: int, p: ActionParams) -> Placement:
+        rad = math.radians(DIAGONAL_DEG)
+        step = TRANSLATE_PX_PER_FRAME * p.speed * _centred_time(t, n_frames)
+        return Placement(
+            p.offset_x + toward_x * math.cos(rad) * step,
+            p.offset_y + toward_y * math.sin(rad) * step,
+            p.base_scale,
+            p.base_angle,
+        )
+
+    return placement
+
+
+def _translate_slow(direction_x: float, direction_y: float) -> Callable[..., Placement]:
+    """An ID translation at :data:`SLOW_FACTOR` times its speed."""
+
+    def placement(t: int, n_frames: int, p: ActionParams) -> Placement:
+        step = SLOW_FACTOR * TRANSLATE_PX_PER_FRAME * p.speed * _centred_time(t, n_frames)
+        return Placement(
+            p.offset_x + direction_x * step,
+            p.offset_y + direction_y * step,
+            p.base_scale,
+            p.base_angle,
+        )
+
+    return placement
+
+
+def _translate_halting(direction_x: float, direction_y: float) -> Callable[..., Placement]:
+    """An ID translation that moves during the first :data:`HALT_FRACTION` of the clip only."""
+
+    def placement(t: int, n_frames: int, p: ActionParams) -> Placement:
+        moving = HALT_FRACTION * (n_frames - 1)
+        step = TRANSLATE_PX_PER_FRAME * p.speed * (min(t, moving) - moving / 2)
+        return Placement(
+            p.offset_x + direction_x * step,
+            p.offset_y + direction_y * step,
+            p.base_scale,
+            p.base_angle,
+        )
+
+    return placement
+
+
+def _with_secondary(
+    primary: Callable[..., Placement], kind: str, direction_x: float, direction_y: float
+) -> Callable[..., Placement]:
+    """``primary`` (an ID motion) plus a small secondary motion along (direction_x, direction_y):
+    ``"drift"`` = a slow constant translation, ``"wobble"`` = a sine oscillation."""
+
+    def placement(t: int, n_frames: int, p: ActionParams) -> Placement:
+        base = primary(t, n_frames, p)
+        if kind == "drift":
+            shift = DRIFT_PX_PER_FRAME * p.speed * _centred_time(t, n_frames)
+        else:
+            shift = WOBBLE_AMPLITUDE_PX * math.sin(WOBBLE_RAD_PER_FRAME * p.speed * t + p.phase)
+        return Placement(
+            base.dx + direction_x * shift, base.dy + direction_y * shift, base.scale, base.angle
+        )
+
+    return placement
+
+
 ACTIONS: dict[str, Callable[[int, int, ActionParams], Placement]] = {
     # in-distribution (order = class label)
     "translate_right": _translate(1.0, 0.0),
@@ -155,6 +243,15 @@ ACTIONS: dict[str, Callable[[int, int, ActionParams], Placement]] = {
     "bounce": _bounce,
     "circle_cw": _circle(1.0),
     "circle_ccw": _circle(-1.0),
+    # near-hard OOD: ID primitives recombined
+    "translate_up_right": _translate_diagonal(1.0, -1.0),
+    "translate_down_left": _translate_diagonal(-1.0, 1.0),
+    "translate_right_slow": _translate_slow(1.0, 0.0),
+    "translate_up_slow": _translate_slow(0.0, -1.0),
+    "translate_left_halting": _translate_halting(-1.0, 0.0),
+    "translate_down_wobbling": _with_secondary(_translate(0.0, 1.0), "wobble", 1.0, 0.0),
+    "zoom_in_drifting": _with_secondary(_zoom(1.0), "drift", 1.0, 0.0),
+    "rotate_cw_drifting": _with_secondary(_rotate(1.0), "drift", 0.0, -1.0),
 }
 
 ID_ACTIONS: tuple[str, ...] = (
@@ -173,6 +270,30 @@ NEAR_OOD_ACTIONS: tuple[str, ...] = (
     "circle_cw",
     "circle_ccw",
 )
+#: Near-hard OOD ("near_hard" split): recombined ID primitives, disjoint from both sets above.
+NEAR_HARD_ACTIONS: tuple[str, ...] = (
+    "translate_up_right",
+    "translate_down_left",
+    "translate_right_slow",
+    "translate_up_slow",
+    "translate_left_halting",
+    "translate_down_wobbling",
+    "zoom_in_drifting",
+    "rotate_cw_drifting",
+)
+
+
+def near_hard_recipe() -> dict[str, float]:
+    """The current near-hard motion settings (part of the near-hard splits' cache key, so
+    retuning them never reuses stale clips)."""
+    return {
+        "diagonal_deg": DIAGONAL_DEG,
+        "slow_factor": SLOW_FACTOR,
+        "halt_fraction": HALT_FRACTION,
+        "drift_px_per_frame": DRIFT_PX_PER_FRAME,
+        "wobble_amplitude_px": WOBBLE_AMPLITUDE_PX,
+        "wobble_rad_per_frame": WOBBLE_RAD_PER_FRAME,
+    }
 
 
 def action_placements(action: str, n_frames: int, params: ActionParams) -> list[Placement]:

@@ -7,8 +7,11 @@ action. Splits:
 
 - ``train`` / ``val`` / ``test``: the 6 ID actions, balanced; their actors come from three
   disjoint pools of digit images (60 / 15 / 25 %), so test actors are unseen images;
-- ``near``: the near-OOD actions with test-pool actors, the same textures, speeds, sizes and
-  clip length — only the motion differs;
+- ``near`` ("near-easy" in reports): the near-OOD actions with test-pool actors, the same
+  textures, speeds, sizes and clip length — only the motion differs;
+- ``near_hard``: the near-hard actions (ID motion primitives recombined: diagonals, slow or
+  halting translations, an ID motion plus a small drift or wobble), test-pool actors;
+  ``near_hard_val``: the same actions with val-pool actors, for choosing settings;
 - ``far``: another source — photo patches (scikit-learn's two bundled photographs) as actor and
   background, digits over photo backgrounds (both moving with non-ID motions), and
   random-motion (teleporting) digit clips.
@@ -35,10 +38,12 @@ from sklearn.datasets import load_digits, load_sample_images
 
 from shared.data.actions import (
     ID_ACTIONS,
+    NEAR_HARD_ACTIONS,
     NEAR_OOD_ACTIONS,
     REFERENCE_SIZE,
     Placement,
     action_placements,
+    near_hard_recipe,
     sample_action_params,
 )
 from shared.data.clipset import ClipSet
@@ -46,7 +51,10 @@ from shared.data.flow import compute_flow_batch
 
 #: Bump when the generator's output changes, so stale caches are not reused.
 DATA_FORMAT_VERSION = 2
-SPLITS: tuple[str, ...] = ("train", "val", "test", "near", "far")
+#: Later splits are appended, so the codes (and the clips) of the earlier ones never change.
+SPLITS: tuple[str, ...] = ("train", "val", "test", "near", "far", "near_hard", "near_hard_val")
+#: OOD splits of the near-hard actions and the actor pool each draws from.
+NEAR_HARD_SPLITS: dict[str, str] = {"near_hard": "test", "near_hard_val": "val"}
 #: Actor side in pixels of the 32x32 reference canvas (the 8x8 digit is upscaled to it).
 ACTOR_PX = 14
 #: Fractions of the 1797 digit images used as train / val / test actors (disjoint pools).
@@ -262,8 +270,7 @@ def _far_clip(
 
 def generate_split(split: str, config: DigitActionsConfig = DigitActionsConfig()) -> ClipSet:
     """Generate one split from scratch (no cache). See :func:`load_split`."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    _check_split(split)
     pools = _actor_pools(config.seed)
     if split in ("train", "val", "test"):
         per_class = getattr(config, f"{split}_per_class")
@@ -274,6 +281,10 @@ def generate_split(split: str, config: DigitActionsConfig = DigitActionsConfig()
         n = config.ood_per_action * len(NEAR_OOD_ACTIONS)
         names = [NEAR_OOD_ACTIONS[i % len(NEAR_OOD_ACTIONS)] for i in range(n)]
         labels, pool, kind = [-1] * n, pools["test"], "near"
+    elif split in NEAR_HARD_SPLITS:
+        n = config.ood_per_action * len(NEAR_HARD_ACTIONS)
+        names = [NEAR_HARD_ACTIONS[i % len(NEAR_HARD_ACTIONS)] for i in range(n)]
+        labels, pool, kind = [-1] * n, pools[NEAR_HARD_SPLITS[split]], "near"
     else:
         names = [FAR_SOURCES[i % len(FAR_SOURCES)] for i in range(config.far_count)]
         labels, pool, kind = [-1] * config.far_count, pools["test"], "far"
@@ -295,6 +306,11 @@ def generate_split(split: str, config: DigitActionsConfig = DigitActionsConfig()
     return ClipSet(frames, flow, np.asarray(labels, dtype=np.int64), actions, kind)
 
 
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+
+
 def default_cache_dir() -> Path:
     """``$SECDOOD_CACHE_DIR`` if set, else ``~/.cache/secdood/data``."""
     env = os.environ.get("SECDOOD_CACHE_DIR")
@@ -305,7 +321,10 @@ def cache_path(
     split: str, config: DigitActionsConfig, cache_dir: str | os.PathLike[str] | None = None
 ) -> Path:
     """File that caches ``split`` for ``config``; the key hashes the config and format version."""
-    payload = json.dumps({"config": asdict(config), "version": DATA_FORMAT_VERSION}, sort_keys=True)
+    content: dict = {"config": asdict(config), "version": DATA_FORMAT_VERSION}
+    if split in NEAR_HARD_SPLITS:
+        content["near_hard"] = near_hard_recipe()
+    payload = json.dumps(content, sort_keys=True)
     key = hashlib.sha256(payload.encode()).hexdigest()[:16]
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     return folder / f"digit_actions_v{DATA_FORMAT_VERSION}_{split}_{key}.npz"
@@ -316,10 +335,9 @@ def load_split(
     config: DigitActionsConfig = DigitActionsConfig(),
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> ClipSet:
-    """Load a digit-actions split ("train", "val", "test", "near" or "far"), generating and
-    caching it on first use. Deterministic: the same config gives identical arrays."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    """Load a digit-actions split (one of :data:`SPLITS`), generating and caching it on first
+    use. Deterministic: the same config gives identical arrays."""
+    _check_split(split)
     path = cache_path(split, config, cache_dir)
     if path.is_file():
         try:

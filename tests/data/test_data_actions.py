@@ -6,6 +6,7 @@ import pytest
 from shared.data.actions import (
     ACTIONS,
     ID_ACTIONS,
+    NEAR_HARD_ACTIONS,
     NEAR_OOD_ACTIONS,
     ActionParams,
     action_placements,
@@ -22,8 +23,10 @@ def _series(action, attribute, n_frames=8, params=PARAMS):
 def test_action_catalogue():
     assert len(ACTIONS) >= 10
     assert len(ID_ACTIONS) == 6 and len(NEAR_OOD_ACTIONS) >= 4
+    assert len(NEAR_HARD_ACTIONS) >= 6 and len(set(NEAR_HARD_ACTIONS)) == len(NEAR_HARD_ACTIONS)
     assert not set(ID_ACTIONS) & set(NEAR_OOD_ACTIONS)
-    assert set(ID_ACTIONS) | set(NEAR_OOD_ACTIONS) == set(ACTIONS)
+    assert not set(NEAR_HARD_ACTIONS) & (set(ID_ACTIONS) | set(NEAR_OOD_ACTIONS))
+    assert set(ID_ACTIONS) | set(NEAR_OOD_ACTIONS) | set(NEAR_HARD_ACTIONS) == set(ACTIONS)
 
 
 @pytest.mark.parametrize(
@@ -88,6 +91,41 @@ def test_near_ood_motion_differs_from_every_id_motion():
     for near in NEAR_OOD_ACTIONS:
         for known in ID_ACTIONS:
             assert np.abs(trajectory(near) - trajectory(known)).max() > 2.0, (near, known)
+    # Near-hard motions stay close to an ID motion, yet none of them coincides with one.
+    for hard in NEAR_HARD_ACTIONS:
+        gaps = [np.abs(trajectory(hard) - trajectory(known)).max() for known in ID_ACTIONS]
+        assert min(gaps) > 0.5, (hard, gaps)  # >= 0.5 px off the nearest ID path
+
+
+@pytest.mark.parametrize(
+    ("action", "nearest"),
+    [
+        ("translate_up_right", ("translate_up", "translate_right")),
+        ("translate_down_left", ("translate_down", "translate_left")),
+        ("translate_right_slow", ("translate_right",)),
+        ("translate_up_slow", ("translate_up",)),
+        ("translate_left_halting", ("translate_left",)),
+        ("translate_down_wobbling", ("translate_down",)),
+        ("zoom_in_drifting", ("zoom_in",)),
+        ("rotate_cw_drifting", ("rotate_cw",)),
+    ],
+)
+def test_near_hard_motions_share_primitives_with_id_motions(action, nearest):
+    """Each near-hard action's net motion has a positive component along its ID relatives'."""
+    hard = action_placements(action, 8, PARAMS)
+    for known in nearest:
+        ref = action_placements(known, 8, PARAMS)
+        along = [
+            (h[-1] - h[0]) * (r[-1] - r[0])
+            for h, r in (
+                ((p.dx for p in hard), (p.dx for p in ref)),
+                ((p.dy for p in hard), (p.dy for p in ref)),
+                ((math.log(p.scale) for p in hard), (math.log(p.scale) for p in ref)),
+                ((p.angle for p in hard), (p.angle for p in ref)),
+            )
+            for h, r in [(list(h), list(r))]
+        ]
+        assert sum(along) > 0, (action, known, along)
 
 
 def test_params_share_one_distribution():

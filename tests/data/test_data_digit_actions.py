@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from shared.data.actions import ID_ACTIONS, NEAR_OOD_ACTIONS, ActionParams, action_placements
+from shared.data import actions
+from shared.data.actions import (
+    ID_ACTIONS,
+    NEAR_HARD_ACTIONS,
+    NEAR_OOD_ACTIONS,
+    ActionParams,
+    action_placements,
+)
 from shared.data.clipset import ClipSet
 from shared.data.digit_actions import (
     DigitActionsConfig,
@@ -20,7 +27,8 @@ SMALL = DigitActionsConfig(
 
 @pytest.fixture(scope="module")
 def splits():
-    return {s: generate_split(s, SMALL) for s in ("train", "val", "test", "near", "far")}
+    names = ("train", "val", "test", "near", "far", "near_hard", "near_hard_val")
+    return {s: generate_split(s, SMALL) for s in names}
 
 
 def test_shapes_dtypes_and_labels(splits):
@@ -40,6 +48,34 @@ def test_shapes_dtypes_and_labels(splits):
         "photo_background",
         "random_motion",
     }
+
+
+def test_near_hard_splits_hold_only_near_hard_actions(splits):
+    for split in ("near_hard", "near_hard_val"):
+        hard = splits[split]
+        assert hard.kind == "near" and (hard.labels == -1).all()
+        assert len(hard) == SMALL.ood_per_action * len(NEAR_HARD_ACTIONS)
+        assert sorted(set(hard.actions)) == sorted(NEAR_HARD_ACTIONS)
+        assert not set(hard.actions) & (set(ID_ACTIONS) | set(NEAR_OOD_ACTIONS))
+        np.testing.assert_array_equal(hard.flow, compute_flow_batch(hard.frames))
+    # Same actions, different actor pools (test vs val): the clips differ.
+    assert not np.array_equal(splits["near_hard"].frames, splits["near_hard_val"].frames)
+
+
+def test_near_hard_generation_is_deterministic(splits):
+    again = generate_split("near_hard", SMALL)
+    np.testing.assert_array_equal(again.frames, splits["near_hard"].frames)
+    assert again.actions == splits["near_hard"].actions
+
+
+def test_retuning_near_hard_changes_only_its_cache_key(tmp_path, monkeypatch):
+    """The earlier splits keep their cache keys (no version bump, no recipe in their key)."""
+    hard_before = cache_path("near_hard", SMALL, tmp_path)
+    near_before = cache_path("near", SMALL, tmp_path)
+    assert hard_before != near_before
+    monkeypatch.setattr(actions, "SLOW_FACTOR", actions.SLOW_FACTOR + 0.1)
+    assert cache_path("near_hard", SMALL, tmp_path) != hard_before  # retuned: a new cache file
+    assert cache_path("near", SMALL, tmp_path) == near_before
 
 
 def test_flow_is_computed_from_the_frames(splits):
@@ -121,7 +157,7 @@ def test_cache_dir_from_environment(tmp_path, monkeypatch):
 
 
 def test_unknown_split_lists_valid_ones(tmp_path):
-    with pytest.raises(ValueError, match="train, val, test, near, far"):
+    with pytest.raises(ValueError, match="train, val, test, near, far, near_hard, near_hard_val"):
         load_split("holdout", SMALL, cache_dir=tmp_path)
 
 

@@ -32,7 +32,8 @@ def test_train_then_eval_json(data_dir, capsys):
     assert set(report["shift"]["severity"]) == {"1", "2", "3", "4", "5"}
     assert len(report["shift"]["per_corruption"]) >= 10
     for name, result in report["detectors"].items():
-        for split in ("near", "far"):
+        assert set(result) == {"near", "near_hard", "far"}, name  # "near" = near-easy
+        for split in ("near", "near_hard", "far"):
             metrics = result[split]
             assert set(metrics) == {"auroc", "fpr95", "aupr_in", "aupr_out"}, name
             assert all(0.0 <= v <= 1.0 for v in metrics.values()), (name, metrics)
@@ -42,7 +43,7 @@ def test_train_then_eval_json(data_dir, capsys):
 
     assert main(["eval", "--shift-clips", "12"]) == 0
     table = capsys.readouterr().out
-    assert "near AUROC" in table and "Device shift" in table
+    assert "near-easy AUROC" in table and "near-hard FPR95" in table and "Device shift" in table
 
     # int8 export of the same version, calibrated on the model's own training data
     assert main(["export", "--int8", "--calibration-clips", "16"]) == 0
