@@ -6,11 +6,16 @@ for the channels the device selected: ``Enc(Θ) = Enc(z[indices]) · A[indices] 
 — one vector × plain-matrix product (one rotation per selected row, which is
 why selecting a quarter of the channels costs about a quarter of the time).
 
-The cloud holds only the device's *public* context (loaded from the registry
-and cached, since a 35 MB context takes a while to parse); it can compute on the
-ciphertext but cannot decrypt the input or the result. Plaintext mode runs the
-same restricted map on numbers. Nothing here writes to the registry, so a
-refused request leaves server state unchanged.
+The product runs on SEAL directly (:mod:`server.ckks_matmul`: baby-step
+giant-step diagonals, about a sixth of the key switches of TenSEAL's ``matmul``).
+What can be prepared once is: a device's public context is parsed when it is
+uploaded (:meth:`PersonalizationService.remember_context`) and kept parsed; the
+plaintext diagonals of H's selected rows are encoded once per (H version, CKKS
+parameters, selection). Both caches are LRUs bounded in bytes. The cloud holds
+only public material: it can compute on the ciphertext but cannot decrypt the
+input or the result. Plaintext mode runs the same restricted map on numbers.
+Nothing here writes to the registry, so a refused request leaves server state
+unchanged.
 """
 
 from __future__ import annotations
@@ -20,21 +25,24 @@ import io
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
-import tenseal as ts
 import torch
 
+from server.ckks_matmul import EncodedRows, EvaluationKeys, encode_rows, evaluate, read_vector
 from server.registry import Registry
 from server.registry.records import ModelRecord
 from shared.channel_importance import channel_count, check_alpha, check_indices
-from shared.he import chunk_bounds, ciphertext_from, load_public_context, output_chunk_size
 from shared.hypernet import HyperNetworkConfig, hypernet_from_state
 
 DEFAULT_HYPERNET = "hypernetwork"
-#: loaded public contexts kept in memory (each ≈ 100+ MB once parsed at N = 8192)
-MAX_CACHED_CONTEXTS = 4
+#: memory for parsed public contexts (≈ 19 MB each at N = 8192, [60, 40, 60])
+MAX_CONTEXT_BYTES = 512 * 1024 * 1024
+#: memory for encoded diagonals of selected rows (≈ 4 MB per selection of 32 rows)
+MAX_ENCODED_ROWS_BYTES = 128 * 1024 * 1024
 NO_CONTEXT = (
     "no public HE context for this device: upload your public context first (UploadContext)"
 )
@@ -88,14 +96,69 @@ def hypernet_from_artifact(data: bytes) -> torch.nn.Module:
     return hypernet_from_state(payload)
 
 
-class PersonalizationService:
-    """Evaluates registered HyperNetworks for enrolled devices; caches models and contexts."""
+_Key = TypeVar("_Key")
+_Value = TypeVar("_Value")
 
-    def __init__(self, registry: Registry, max_cached_contexts: int = MAX_CACHED_CONTEXTS) -> None:
+
+class BytesBoundedCache(Generic[_Key, _Value]):
+    """Least-recently-used cache whose entries' sizes (``size_of``) sum to at most ``max_bytes``.
+
+    The newest entry is always kept, even alone over the budget, so a single
+    large context still works. Thread-safe.
+    """
+
+    def __init__(self, max_bytes: int, size_of: Callable[[_Value], int]) -> None:
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self._size_of = size_of
+        self._entries: OrderedDict[_Key, _Value] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: _Key) -> _Value | None:
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: _Key, value: _Value) -> None:
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= self._size_of(old)
+            self._entries[key] = value
+            self._bytes += self._size_of(value)
+            while self._bytes > self.max_bytes and len(self._entries) > 1:
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= self._size_of(evicted)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class PersonalizationService:
+    """Evaluates registered HyperNetworks for enrolled devices; caches models, contexts, rows."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        max_context_bytes: int = MAX_CONTEXT_BYTES,
+        max_encoded_rows_bytes: int = MAX_ENCODED_ROWS_BYTES,
+    ) -> None:
         self._registry = registry
-        self._max_contexts = max_cached_contexts
         self._hypernets: dict[str, FoldedHyperNet] = {}
-        self._contexts: OrderedDict[tuple[str, str], ts.Context] = OrderedDict()
+        self.contexts: BytesBoundedCache[tuple[str, str], EvaluationKeys] = BytesBoundedCache(
+            max_context_bytes, lambda keys: keys.nbytes
+        )
+        self.encoded_rows: BytesBoundedCache[tuple[object, ...], EncodedRows] = BytesBoundedCache(
+            max_encoded_rows_bytes, lambda rows: rows.nbytes
+        )
         self._lock = threading.Lock()
 
     def hypernet(self, name: str = DEFAULT_HYPERNET, version: int | None = None) -> FoldedHyperNet:
@@ -112,22 +175,34 @@ class PersonalizationService:
             self._hypernets[record.artifact_sha256] = folded
         return folded
 
-    def device_context(self, device_id: str) -> ts.Context:
-        """The device's current public context, parsed once and kept in a small LRU cache."""
+    def keep_context(self, device_id: str, sha256: str, keys: EvaluationKeys) -> None:
+        """Keep a context parsed at upload, so the device's first request need not parse it."""
+        self.contexts.put((device_id, sha256), keys)
+
+    def device_context(self, device_id: str) -> EvaluationKeys:
+        """The device's current public context, parsed at upload (or now, if evicted)."""
         record = self._registry.current_context(device_id)
         if record is None:
             raise MissingContextError(NO_CONTEXT)
-        key = (device_id, record.artifact_sha256)
-        with self._lock:
-            if key in self._contexts:
-                self._contexts.move_to_end(key)
-                return self._contexts[key]
-        context = load_public_context(self._registry.artifacts.read_bytes(record.artifact_sha256))
-        with self._lock:
-            self._contexts[key] = context
-            while len(self._contexts) > self._max_contexts:
-                self._contexts.popitem(last=False)
-        return context
+        keys = self.contexts.get((device_id, record.artifact_sha256))
+        if keys is not None:
+            return keys
+        data = self._registry.artifacts.read_bytes(record.artifact_sha256)
+        keys = EvaluationKeys.from_public_context(data)
+        self.keep_context(device_id, record.artifact_sha256, keys)
+        return keys
+
+    def rows_for(
+        self, keys: EvaluationKeys, hypernet: FoldedHyperNet, indices: np.ndarray
+    ) -> EncodedRows:
+        """H's rows for ``indices`` as plaintext diagonals, encoded once per H, parameters, rows."""
+        sha256 = hypernet.record.artifact_sha256
+        cache_key = (sha256, keys.parameters, keys.scale, indices.tobytes())
+        encoded = self.encoded_rows.get(cache_key)
+        if encoded is None:
+            encoded = encode_rows(keys, hypernet.a[indices], hypernet.c)
+            self.encoded_rows.put(cache_key, encoded)
+        return encoded
 
     def personalize(self, device_id: str, query: PersonalizeQuery) -> PersonalizeAnswer:
         """Validate ``query`` and compute Θ = z[indices]·A[indices] + c (encrypted or plain).
@@ -144,12 +219,11 @@ class PersonalizationService:
                 f"alpha {alpha} selects {channel_count(alpha, d)} of {d} channels, but "
                 f"{indices.size} indices were sent"
             )
-        rows, offset = hypernet.a[indices], hypernet.c
         if (query.encrypted is None) == (query.plain is None):
             raise ValueError("send exactly one of an encrypted or a plain embedding")
         if query.plain is not None:
-            return self._plain(hypernet, rows, offset, query.plain)
-        return self._encrypted(device_id, hypernet, rows, offset, query)
+            return self._plain(hypernet, hypernet.a[indices], hypernet.c, query.plain)
+        return self._encrypted(device_id, hypernet, indices, query)
 
     def _plain(
         self, hypernet: FoldedHyperNet, rows: np.ndarray, offset: np.ndarray, plain: np.ndarray
@@ -167,8 +241,7 @@ class PersonalizationService:
         self,
         device_id: str,
         hypernet: FoldedHyperNet,
-        rows: np.ndarray,
-        offset: np.ndarray,
+        indices: np.ndarray,
         query: PersonalizeQuery,
     ) -> PersonalizeAnswer:
         data = query.encrypted or b""
@@ -177,18 +250,10 @@ class PersonalizationService:
                 "encrypted embedding does not match encrypted_sha256 (corrupted or tampered "
                 "in transit); send the sha256 hex of the exact ciphertext bytes"
             )
-        context = self.device_context(device_id)
+        keys = self.device_context(device_id)
         start = time.perf_counter()
-        vector = ciphertext_from(context, data)
-        if vector.size() != rows.shape[0]:
-            raise ValueError(
-                f"ciphertext holds {vector.size()} values but {rows.shape[0]} indices were sent"
-            )
-        chunks = []
-        try:
-            for low, high in chunk_bounds(offset.size, output_chunk_size(context, vector.size())):
-                result = vector.matmul(rows[:, low:high].tolist()) + offset[low:high].tolist()
-                chunks.append(result.serialize())
-        except (ValueError, RuntimeError) as error:  # SEAL: e.g. wrong parameters or level
-            raise ValueError(f"cannot evaluate H on this ciphertext: {error}") from None
+        ciphertext, size, scale = read_vector(keys, data)
+        if size != indices.size:
+            raise ValueError(f"ciphertext holds {size} values but {indices.size} indices were sent")
+        chunks = evaluate(keys, self.rows_for(keys, hypernet, indices), ciphertext, scale)
         return PersonalizeAnswer(hypernet, chunks, None, time.perf_counter() - start)

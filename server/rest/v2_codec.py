@@ -9,7 +9,6 @@ returned as JSON data (clients accept that even when they asked for binary).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 
@@ -37,13 +36,11 @@ def parse_infer_request(
 ) -> tuple[InferenceRequest, dict[str, np.ndarray]]:
     """Parse a V2 request body into the request and its input arrays (float32, by name)."""
     json_part, binary_part = _split_body(body, header_length)
-    try:
-        payload = json.loads(json_part)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"request body is not valid JSON: {exc}") from None
-    try:
-        request = InferenceRequest.model_validate(payload)
+    try:  # pydantic parses the JSON and validates in one pass (no dict of Python objects first)
+        request = InferenceRequest.model_validate_json(json_part)
     except ValidationError as exc:
+        if any(item["type"] == "json_invalid" for item in exc.errors()):
+            raise InputError(f"request body is not valid JSON: {validation_message(exc)}") from None
         raise InputError(f"invalid inference request: {validation_message(exc)}") from None
 
     arrays: dict[str, np.ndarray] = {}
