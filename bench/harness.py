@@ -150,6 +150,8 @@ class RunningService:
     grpc_target: str
     scoring_key: str
     enrollment_key: str
+    #: the serving process (for its CPU time)
+    pid: int
 
 
 def bench_settings(data_dir: Path) -> Settings:
@@ -224,16 +226,16 @@ def serve(settings: Settings, in_child: bool = True) -> Iterator[RunningService]
         raise ValueError("settings must set scoring_api_key and enrollment_key")
     scoring, enrollment = (key.get_secret_value() for key in keys)
 
-    def running(rest_port: int, grpc_port: int) -> RunningService:
+    def running(rest_port: int, grpc_port: int, pid: int) -> RunningService:
         host = settings.host
         return RunningService(
-            f"http://{host}:{rest_port}", f"{host}:{grpc_port}", scoring, enrollment
+            f"http://{host}:{rest_port}", f"{host}:{grpc_port}", scoring, enrollment, pid
         )
 
     if not in_child:
         service = _start_ready(settings)
         try:
-            yield running(service.rest_port, service.grpc_port)
+            yield running(service.rest_port, service.grpc_port, os.getpid())
         finally:
             service.stop()
         return
@@ -251,7 +253,7 @@ def serve(settings: Settings, in_child: bool = True) -> Iterator[RunningService]
         status, detail = parent.recv()
         if status != "ready":
             raise RuntimeError(f"service failed to start: {detail}; see {log_path}")
-        yield running(*detail)
+        yield running(*detail, process.pid or 0)
     finally:
         if process.is_alive():
             try:
@@ -274,9 +276,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux ``/proc``; 0.0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def serve_ceiling(host: str = "127.0.0.1") -> Iterator[str]:
-    """Run :mod:`bench.bare_app` under uvicorn (one worker) in a child process; yields its URL."""
+def serve_ceiling(host: str = "127.0.0.1") -> Iterator[tuple[str, int]]:
+    """Run :mod:`bench.bare_app` under uvicorn (one worker) in a child process.
+
+    Yields its URL and process id.
+    """
     port = free_port(host)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--host", host]
@@ -292,7 +306,7 @@ def serve_ceiling(host: str = "127.0.0.1") -> Iterator[str]:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"bare app did not start (exit {process.poll()})") from None
                 time.sleep(0.05)
-        yield f"http://{host}:{port}"
+        yield f"http://{host}:{port}", process.pid
     finally:
         process.terminate()
         process.wait(30)
