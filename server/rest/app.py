@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.registry import NotFoundError
 from server.rest import routes_admin, routes_score, routes_v2
+from server.rest.auth import document_security
 from server.rest.body_limit import BodySizeLimitMiddleware
 from server.rest.inputs import InputError
 from server.rest.metrics import MetricsMiddleware, ServiceMetrics
@@ -113,6 +114,7 @@ def create_app(state: ServiceState) -> FastAPI:
     app.include_router(routes_v2.router)
     app.include_router(routes_score.router)
     app.include_router(routes_admin.router)
+    document_security(app)
 
     @app.get("/metrics", tags=["monitoring"], summary="Prometheus metrics (text format)")
     def prometheus_metrics() -> Response:

@@ -193,13 +193,8 @@ def model_ready(name: str, state: State, version: str | None = None) -> dict[str
     dependencies=[Depends(require_scoring)],
     include_in_schema=False,
 )
-async def infer(
-    name: str,
-    request: Request,
-    state: State,
-    version: str | None = None,
-) -> Response:
-    served = resolve_model(state, name, version)
+async def infer(name: str, request: Request, version: str | None = None) -> Response:
+    served = resolve_model(request.app.state.service, name, version)  # no dependency to solve
     body = await request.body()
     parsed, arrays = parse_infer_request(body, request.headers.get(BINARY_HEADER))
     _check_outputs(parsed)

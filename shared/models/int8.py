@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import platform
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -67,6 +68,50 @@ def default_engine() -> str:
         if engine in supported:
             return engine
     raise RuntimeError(f"this torch build has no quantised CPU engine ({supported})")
+
+
+#: ``engine=AUTO_ENGINE`` picks the fastest engine on this CPU by measurement
+AUTO_ENGINE = "auto"
+_measured_engines: dict[str, str] = {}
+
+
+def engine_latencies(payload: dict[str, Any], batch: int = 1, repeats: int = 7) -> dict[str, float]:
+    """Median seconds of one int8 forward pass (``batch`` clips) per available engine.
+
+    Which engine is fastest depends on the CPU (AVX-512 VNNI, AMX, ARM dot-product
+    instructions …) and the layer shapes, so it is measured, not assumed.
+    """
+    config = TwoStreamConfig.from_dict(payload["config"])
+    t, size = config.n_frames, config.size
+    rgb = torch.rand(batch, t, 3, size, size)
+    flow = torch.rand(batch, t - 1, 2, size, size)
+    latencies = {}
+    previous = torch.backends.quantized.engine
+    try:
+        for engine in torch.backends.quantized.supported_engines:
+            if engine == "none":
+                continue
+            model = build_int8_model(payload, engine=engine)
+            times = []
+            with torch.inference_mode():
+                model(rgb, flow)  # first call packs weights
+                for _ in range(repeats):
+                    started = time.perf_counter()
+                    model(rgb, flow)
+                    times.append(time.perf_counter() - started)
+            latencies[engine] = sorted(times)[len(times) // 2]
+    finally:
+        torch.backends.quantized.engine = previous
+    return latencies
+
+
+def fastest_engine(payload: dict[str, Any]) -> str:
+    """The engine with the lowest measured batch-1 latency; measured once per model shape."""
+    key = repr(sorted(payload["config"].items()))
+    if key not in _measured_engines:
+        latencies = engine_latencies(payload)
+        _measured_engines[key] = min(latencies, key=latencies.__getitem__)
+    return _measured_engines[key]
 
 
 def set_engine(engine: str | None) -> str:
@@ -340,11 +385,14 @@ def build_int8_model(
 ) -> Int8TwoStreamNet:
     """Int8 network from an artifact payload; the first ``adapt_layers`` conv blocks of each
     stream keep their BatchNorm unfused, wrapped by ``norm_factory(bn)`` (default: the plain
-    eval BatchNorm3d; the device passes ``LeanTTANorm``), the rest are folded."""
+    eval BatchNorm3d; the device passes ``LeanTTANorm``), the rest are folded. ``engine``:
+    None → :func:`default_engine`, ``"auto"`` → :func:`fastest_engine` (measured)."""
     if isinstance(adapt_layers, bool) or not isinstance(adapt_layers, int):
         raise TypeError(f"adapt_layers must be an int, got {type(adapt_layers).__name__}")
     if not 0 <= adapt_layers <= N_BLOCKS:
         raise ValueError(f"adapt_layers must lie in [0, {N_BLOCKS}], got {adapt_layers}")
+    if engine == AUTO_ENGINE:
+        engine = fastest_engine(payload)
     engine = set_engine(engine)
     factory = norm_factory or DequantizedNorm
     config = TwoStreamConfig.from_dict(payload["config"])
