@@ -116,7 +116,7 @@ def stage_times(
     rgb_t, flow_t = frames_to_tensor(frames), flow_to_tensor(flow)
     with torch.inference_mode():
         z = bundle.model.embed(rgb_t, flow_t)
-    logits = pipeline.head(z)
+    logits = z @ pipeline.head.weight.T + pipeline.head.bias
     theta = torch.randn(config.embed_dim * config.num_classes + config.num_classes)
     frames_needed = batch * config.n_frames
 

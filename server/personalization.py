@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from server.ckks_matmul import EncodedRows, EvaluationKeys, encode_rows, evaluate, read_vector
+from server.he_pool import HEWorkerPool
 from server.registry import Registry
 from server.registry.records import ModelRecord
 from shared.channel_importance import channel_count, check_alpha, check_indices
@@ -150,8 +151,18 @@ class PersonalizationService:
         registry: Registry,
         max_context_bytes: int = MAX_CONTEXT_BYTES,
         max_encoded_rows_bytes: int = MAX_ENCODED_ROWS_BYTES,
+        workers: int = 0,
     ) -> None:
+        """``workers`` > 0 evaluates in that many processes (:mod:`server.he_pool`), which
+        then hold the parsed contexts and encoded rows; 0 evaluates in the calling thread."""
         self._registry = registry
+        self._pool = (
+            HEWorkerPool(
+                workers, registry.artifacts.root, max_context_bytes, max_encoded_rows_bytes
+            )
+            if workers
+            else None
+        )
         self._hypernets: dict[str, FoldedHyperNet] = {}
         self.contexts: BytesBoundedCache[tuple[str, str], EvaluationKeys] = BytesBoundedCache(
             max_context_bytes, lambda keys: keys.nbytes
@@ -175,9 +186,23 @@ class PersonalizationService:
             self._hypernets[record.artifact_sha256] = folded
         return folded
 
-    def keep_context(self, device_id: str, sha256: str, keys: EvaluationKeys) -> None:
-        """Keep a context parsed at upload, so the device's first request need not parse it."""
-        self.contexts.put((device_id, sha256), keys)
+    def keep_context(
+        self, device_id: str, sha256: str, keys: EvaluationKeys, data: bytes = b""
+    ) -> None:
+        """Keep a context parsed at upload, so the device's first request need not parse it.
+
+        With workers, the device's worker parses ``data`` (its own copy) and ``keys``
+        is dropped.
+        """
+        if self._pool is not None:
+            self._pool.keep_context(device_id, sha256, data)
+        else:
+            self.contexts.put((device_id, sha256), keys)
+
+    def close(self) -> None:
+        """Stop the worker processes, if any."""
+        if self._pool is not None:
+            self._pool.close()
 
     def device_context(self, device_id: str) -> EvaluationKeys:
         """The device's current public context, parsed at upload (or now, if evicted)."""
@@ -250,6 +275,16 @@ class PersonalizationService:
                 "encrypted embedding does not match encrypted_sha256 (corrupted or tampered "
                 "in transit); send the sha256 hex of the exact ciphertext bytes"
             )
+        if self._pool is not None:
+            record = self._registry.current_context(device_id)
+            if record is None:
+                raise MissingContextError(NO_CONTEXT)
+            start = time.perf_counter()
+            rows_key = (hypernet.record.artifact_sha256, indices.tobytes())
+            chunks = self._pool.evaluate(
+                device_id, record.artifact_sha256, rows_key, hypernet.a[indices], hypernet.c, data
+            )
+            return PersonalizeAnswer(hypernet, chunks, None, time.perf_counter() - start)
         keys = self.device_context(device_id)
         start = time.perf_counter()
         ciphertext, size, scale = read_vector(keys, data)

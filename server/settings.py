@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     tls_key: Path | None = None
     max_upload_bytes: int = Field(64 * 1024 * 1024, gt=0, description="HE context / video cap")
     bootstrap_model: bool = Field(True, description="train the default model when none exists")
+    he_workers: int = Field(
+        0,
+        ge=0,
+        description="processes that evaluate encrypted personalisation (0: in the gRPC "
+        "threads, one core at a time; the core count uses every core)",
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from server.gateway.auth import GATEWAY_SERVICE, DeviceAuthInterceptor
 from server.gateway.servicer import DeviceGatewayServicer
+from server.personalization import PersonalizationService
 from server.registry import Registry
 from server.registry.artifacts import CHUNK_BYTES
 from server.settings import Settings
@@ -83,7 +84,12 @@ def build_grpc_server(
         ],
     )
     gateway_pb2_grpc.add_DeviceGatewayServicer_to_server(
-        DeviceGatewayServicer(registry, settings.token_ttl_seconds, settings.max_upload_bytes),
+        DeviceGatewayServicer(
+            registry,
+            settings.token_ttl_seconds,
+            settings.max_upload_bytes,
+            PersonalizationService(registry, workers=settings.he_workers),
+        ),
         server,
     )
     health_servicer = health.HealthServicer()

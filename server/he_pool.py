@@ -1,0 +1,117 @@
+"""HE evaluation in worker processes, one per core, each device always on the same worker.
+
+SEAL's calls hold Python's GIL, so in one server process encrypted requests run
+one at a time however many cores there are. :class:`HEWorkerPool` moves the
+evaluation into ``workers`` processes. A device is pinned to one worker (a
+stable hash of its id), so its parsed context lives in exactly one process —
+memory stays bounded by each worker's byte budget — and the worker that parsed
+it at upload is the one that serves its requests. The gRPC thread waits on the
+worker without holding the GIL, so requests of devices on different workers
+run in parallel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from server.ckks_matmul import EncodedRows, EvaluationKeys, encode_rows, evaluate, read_vector
+
+# -- inside a worker process -------------------------------------------------------------------
+
+_worker: dict[str, object] = {}
+
+
+def _start_worker(max_context_bytes: int, max_rows_bytes: int, store_root: str) -> None:
+    from server.personalization import BytesBoundedCache
+
+    _worker["contexts"] = BytesBoundedCache(max_context_bytes, lambda keys: keys.nbytes)
+    _worker["rows"] = BytesBoundedCache(max_rows_bytes, lambda rows: rows.nbytes)
+    _worker["store"] = Path(store_root)
+
+
+def _keep(device_id: str, sha256: str, data: bytes) -> None:
+    _worker["contexts"].put((device_id, sha256), EvaluationKeys.from_public_context(data))  # type: ignore[attr-defined]
+
+
+def _context(device_id: str, sha256: str) -> EvaluationKeys:
+    contexts = _worker["contexts"]
+    keys = contexts.get((device_id, sha256))  # type: ignore[attr-defined]
+    if keys is None:  # evicted (or the pool restarted): read it back from the artifact store
+        from server.registry.artifacts import ArtifactStore
+
+        data = ArtifactStore(_worker["store"]).read_bytes(sha256)  # type: ignore[arg-type]
+        keys = EvaluationKeys.from_public_context(data)
+        contexts.put((device_id, sha256), keys)  # type: ignore[attr-defined]
+    return keys
+
+
+def _evaluate(
+    device_id: str,
+    context_sha256: str,
+    rows_key: tuple[object, ...],
+    rows: np.ndarray,
+    offset: np.ndarray,
+    ciphertext: bytes,
+) -> list[bytes]:
+    keys = _context(device_id, context_sha256)
+    vector, size, scale = read_vector(keys, ciphertext)
+    if size != rows.shape[0]:
+        raise ValueError(f"ciphertext holds {size} values but {rows.shape[0]} indices were sent")
+    cache = _worker["rows"]
+    key = (*rows_key, keys.parameters, keys.scale)
+    encoded: EncodedRows | None = cache.get(key)  # type: ignore[attr-defined]
+    if encoded is None:
+        encoded = encode_rows(keys, rows, offset)
+        cache.put(key, encoded)  # type: ignore[attr-defined]
+    return evaluate(keys, encoded, vector, scale)
+
+
+# -- in the server process ---------------------------------------------------------------------
+
+
+class HEWorkerPool:
+    """``workers`` single-process pools; device ``d`` always goes to the same one."""
+
+    def __init__(
+        self, workers: int, store_root: Path, max_context_bytes: int, max_rows_bytes: int
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        context = multiprocessing.get_context("spawn")  # never fork a process running gRPC
+        budget = (max_context_bytes // workers, max_rows_bytes // workers, str(store_root))
+        self._pools = [
+            ProcessPoolExecutor(1, mp_context=context, initializer=_start_worker, initargs=budget)
+            for _ in range(workers)
+        ]
+
+    def _pool(self, device_id: str) -> ProcessPoolExecutor:
+        digest = hashlib.sha256(device_id.encode()).digest()
+        return self._pools[int.from_bytes(digest[:4], "big") % len(self._pools)]
+
+    def keep_context(self, device_id: str, sha256: str, data: bytes) -> None:
+        """Parse the device's uploaded context in its worker now (waits until done)."""
+        self._pool(device_id).submit(_keep, device_id, sha256, data).result()
+
+    def evaluate(
+        self,
+        device_id: str,
+        context_sha256: str,
+        rows_key: tuple[object, ...],
+        rows: np.ndarray,
+        offset: np.ndarray,
+        ciphertext: bytes,
+    ) -> list[bytes]:
+        """Θ chunks for the device's ciphertext, computed in its worker; ValueError if refused."""
+        future = self._pool(device_id).submit(
+            _evaluate, device_id, context_sha256, rows_key, rows, offset, ciphertext
+        )
+        return future.result()
+
+    def close(self) -> None:
+        for pool in self._pools:
+            pool.shutdown(wait=True, cancel_futures=True)
