@@ -40,6 +40,12 @@ class Settings(BaseSettings):
         description="processes that evaluate encrypted personalisation (0: in the gRPC "
         "threads, one core at a time; the core count uses every core)",
     )
+    he_context_cache_mb: int = Field(
+        512,
+        gt=0,
+        description="memory for parsed device HE contexts (about 19 MB each at N = 8192); "
+        "least recently used ones are dropped and re-read from the registry when needed",
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:

@@ -88,7 +88,11 @@ def build_grpc_server(
             registry,
             settings.token_ttl_seconds,
             settings.max_upload_bytes,
-            PersonalizationService(registry, workers=settings.he_workers),
+            PersonalizationService(
+                registry,
+                max_context_bytes=settings.he_context_cache_mb * 1024 * 1024,
+                workers=settings.he_workers,
+            ),
         ),
         server,
     )

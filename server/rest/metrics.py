@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -70,11 +71,22 @@ class ServiceMetrics:
         )
         ready.set_function(lambda: float(is_ready()))
 
+        # labels() takes a lock and builds a key each call; the children are looked up once
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """``metric.labels(*labels)``, memoised (label sets are few: routes × methods × codes)."""
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def record_verdicts(self, endpoint: str, verdicts: Verdicts) -> None:
         """Count a scored batch (``endpoint`` is a short name such as ``"v2_infer"``)."""
         n_items = int(verdicts.ood_score.numel())
-        self.items_scored.labels(endpoint, verdicts.detector).inc(n_items)
-        self.ood_verdicts.labels(endpoint, verdicts.detector).inc(int(verdicts.is_ood.sum()))
+        self.child(self.items_scored, endpoint, verdicts.detector).inc(n_items)
+        self.child(self.ood_verdicts, endpoint, verdicts.detector).inc(int(verdicts.is_ood.sum()))
 
 
 class MetricsMiddleware:
@@ -104,8 +116,8 @@ class MetricsMiddleware:
             template = getattr(route, "path", None) or UNMATCHED_ROUTE
             method = scope["method"]
             elapsed = time.perf_counter() - started
-            self.metrics.latency.labels(method, template).observe(elapsed)
-            self.metrics.requests.labels(method, template, str(status_code)).inc()
+            self.metrics.child(self.metrics.latency, method, template).observe(elapsed)
+            self.metrics.child(self.metrics.requests, method, template, str(status_code)).inc()
             if access_log.isEnabledFor(logging.INFO):
                 access_log.info(
                     "%s %s %d %.1fms", method, scope["path"], status_code, elapsed * 1e3
