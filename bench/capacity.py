@@ -81,11 +81,12 @@ def process_tree(pid: int) -> list[int]:
     """``pid`` and its descendants (Linux /proc; just ``pid`` elsewhere)."""
     pids, index = [pid], 0
     while index < len(pids):
-        try:
-            children = Path(f"/proc/{pids[index]}/task/{pids[index]}/children").read_text()
-            pids += [int(child) for child in children.split()]
-        except OSError:
-            pass
+        # each thread lists the children it started (pool workers start from gRPC threads)
+        for task in Path(f"/proc/{pids[index]}/task").glob("*"):
+            try:
+                pids += [int(child) for child in (task / "children").read_text().split()]
+            except OSError:
+                pass
         index += 1
     return pids
 
