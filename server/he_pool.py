@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -26,8 +29,19 @@ from server.ckks_matmul import EncodedRows, EvaluationKeys, encode_rows, evaluat
 _worker: dict[str, object] = {}
 
 
-def _start_worker(max_context_bytes: int, max_rows_bytes: int, store_root: str) -> None:
+def _exit_with(parent: int) -> None:
+    """Leave when the server process is gone, even if it could not shut the pool down."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
+def _start_worker(
+    max_context_bytes: int, max_rows_bytes: int, store_root: str, parent: int
+) -> None:
     from server.personalization import BytesBoundedCache
+
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
 
     _worker["contexts"] = BytesBoundedCache(max_context_bytes, lambda keys: keys.nbytes)
     _worker["rows"] = BytesBoundedCache(max_rows_bytes, lambda rows: rows.nbytes)
@@ -84,6 +98,7 @@ class HEWorkerPool:
             raise ValueError(f"workers must be >= 1, got {workers}")
         context = multiprocessing.get_context("spawn")  # never fork a process running gRPC
         budget = (max_context_bytes // workers, max_rows_bytes // workers, str(store_root))
+        budget += (os.getpid(),)
         self._pools = [
             ProcessPoolExecutor(1, mp_context=context, initializer=_start_worker, initargs=budget)
             for _ in range(workers)
