@@ -18,15 +18,25 @@ import os
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from server.bytes_cache import BytesBoundedCache
 from server.ckks_matmul import EncodedRows, EvaluationKeys, encode_rows, evaluate, read_vector
 
 # -- inside a worker process -------------------------------------------------------------------
 
-_worker: dict[str, object] = {}
+
+@dataclass
+class _WorkerState:
+    contexts: BytesBoundedCache[tuple[str, str], EvaluationKeys]
+    rows: BytesBoundedCache[tuple[object, ...], EncodedRows]
+    store_root: Path
+
+
+_state: _WorkerState | None = None
 
 
 def _exit_with(parent: int) -> None:
@@ -39,28 +49,35 @@ def _exit_with(parent: int) -> None:
 def _start_worker(
     max_context_bytes: int, max_rows_bytes: int, store_root: str, parent: int
 ) -> None:
-    from server.personalization import BytesBoundedCache
-
+    global _state
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+    _state = _WorkerState(
+        BytesBoundedCache(max_context_bytes, lambda keys: keys.nbytes),
+        BytesBoundedCache(max_rows_bytes, lambda rows: rows.nbytes),
+        Path(store_root),
+    )
 
-    _worker["contexts"] = BytesBoundedCache(max_context_bytes, lambda keys: keys.nbytes)
-    _worker["rows"] = BytesBoundedCache(max_rows_bytes, lambda rows: rows.nbytes)
-    _worker["store"] = Path(store_root)
+
+def _worker_state() -> _WorkerState:
+    if _state is None:
+        raise RuntimeError("not inside an HE worker process")
+    return _state
 
 
 def _keep(device_id: str, sha256: str, data: bytes) -> None:
-    _worker["contexts"].put((device_id, sha256), EvaluationKeys.from_public_context(data))  # type: ignore[attr-defined]
+    _worker_state().contexts.put((device_id, sha256), EvaluationKeys.from_public_context(data))
 
 
 def _context(device_id: str, sha256: str) -> EvaluationKeys:
-    contexts = _worker["contexts"]
-    keys = contexts.get((device_id, sha256))  # type: ignore[attr-defined]
+    state = _worker_state()
+    keys = state.contexts.get((device_id, sha256))
     if keys is None:  # evicted (or the pool restarted): read it back from the artifact store
         from server.registry.artifacts import ArtifactStore
 
-        data = ArtifactStore(_worker["store"]).read_bytes(sha256)  # type: ignore[arg-type]
-        keys = EvaluationKeys.from_public_context(data)
-        contexts.put((device_id, sha256), keys)  # type: ignore[attr-defined]
+        keys = EvaluationKeys.from_public_context(
+            ArtifactStore(state.store_root).read_bytes(sha256)
+        )
+        state.contexts.put((device_id, sha256), keys)
     return keys
 
 
@@ -76,12 +93,12 @@ def _evaluate(
     vector, size, scale = read_vector(keys, ciphertext)
     if size != rows.shape[0]:
         raise ValueError(f"ciphertext holds {size} values but {rows.shape[0]} indices were sent")
-    cache = _worker["rows"]
+    cache = _worker_state().rows
     key = (*rows_key, keys.parameters, keys.scale)
-    encoded: EncodedRows | None = cache.get(key)  # type: ignore[attr-defined]
+    encoded = cache.get(key)
     if encoded is None:
         encoded = encode_rows(keys, rows, offset)
-        cache.put(key, encoded)  # type: ignore[attr-defined]
+        cache.put(key, encoded)
     return evaluate(keys, encoded, vector, scale)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tenseal
 
+from server.bytes_cache import BytesBoundedCache
 from server.ckks_matmul import (
     EvaluationKeys,
     PrivateContextError,
@@ -15,7 +16,6 @@ from server.ckks_matmul import (
     read_vector,
 )
 from server.ckks_wire import CKKSVectorProto, TenSEALContextProto
-from server.personalization import BytesBoundedCache
 from shared.he import decrypt_theta, encrypt_selected, public_context_bytes
 
 
