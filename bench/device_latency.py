@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -76,12 +77,14 @@ def cpu_description() -> tuple[str, list[str]]:
 
 
 def per_clip_ms(action: Callable[[], object], clips: int, repeats: int) -> float:
+    """Median CPU ms per clip (this process's CPU clock: steady while other jobs share the
+    cores; on an idle core it is the latency)."""
     times = []
     action()  # warm-up (allocations, weight packing)
     for _ in range(repeats):
-        started = time.perf_counter()
+        started = time.process_time()
         action()
-        times.append(time.perf_counter() - started)
+        times.append(time.process_time() - started)
     return statistics.median(times) / clips * 1e3
 
 
@@ -154,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = "quick" if args.quick else "full"
     repeats = REPEATS[mode]
     torch.set_num_threads(1)
+    cv2.setNumThreads(1)
     cpu, flags = cpu_description()
     print(f"CPU: {cpu}; int8 instructions: {', '.join(flags) or 'none of ' + str(INT8_FLAGS)}")
 
@@ -217,11 +221,13 @@ def main(argv: list[str] | None = None) -> int:
         f"on the instruction sets above, which is why the engine is chosen by measurement "
         f"at load (`engine='auto'`). The machine was shared with other jobs: absolute times "
         f"are noisy; float and int8 were measured side by side.\n\n"
-        f"ms per clip by stage (median of {repeats}):\n\n"
+        f"CPU ms per clip by stage (median of {repeats}; OpenCV and torch limited to one "
+        f"thread, so on an idle core this is the latency):\n\n"
         f"{markdown_table(['model, batch', *stages, 'total'], rows)}\n\n"
         f"int8 / float embedding latency on this CPU: "
         + ", ".join(f"batch {b}: {r:.2f}×" for b, r in ratios.items())
-        + f"\n\nint8 embedding ms per clip by engine (chosen: {chosen}):\n\n"
+        + f"\n\nint8 embedding CPU ms per clip by engine, engines taking turns (chosen: "
+        f"{chosen}):\n\n"
         + markdown_table(["engine", *(f"batch {b}" for b in BATCHES)], engine_rows)
     )
     write_section("device_latency", "Device latency per clip, by stage", summary)

@@ -76,33 +76,33 @@ _measured_engines: dict[str, str] = {}
 
 
 def engine_latencies(payload: dict[str, Any], batch: int = 1, repeats: int = 7) -> dict[str, float]:
-    """Median seconds of one int8 forward pass (``batch`` clips) per available engine.
+    """Median CPU seconds of one int8 forward pass (``batch`` clips) per available engine.
 
     Which engine is fastest depends on the CPU (AVX-512 VNNI, AMX, ARM dot-product
-    instructions …) and the layer shapes, so it is measured, not assumed.
+    instructions …) and the layer shapes, so it is measured, not assumed. Engines
+    take turns pass by pass and the clock is this process's CPU time, so a burst
+    of load from other programs does not decide the choice.
     """
     config = TwoStreamConfig.from_dict(payload["config"])
     t, size = config.n_frames, config.size
     rgb = torch.rand(batch, t, 3, size, size)
     flow = torch.rand(batch, t - 1, 2, size, size)
-    latencies = {}
     previous = torch.backends.quantized.engine
+    engines = [e for e in torch.backends.quantized.supported_engines if e != "none"]
+    times: dict[str, list[float]] = {engine: [] for engine in engines}
     try:
-        for engine in torch.backends.quantized.supported_engines:
-            if engine == "none":
-                continue
-            model = build_int8_model(payload, engine=engine)
-            times = []
-            with torch.inference_mode():
-                model(rgb, flow)  # first call packs weights
-                for _ in range(repeats):
-                    started = time.perf_counter()
+        models = {engine: build_int8_model(payload, engine=engine) for engine in engines}
+        with torch.inference_mode():
+            for turn in range(repeats + 1):  # turn 0 packs weights and warms caches
+                for engine, model in models.items():
+                    torch.backends.quantized.engine = engine
+                    started = time.process_time()
                     model(rgb, flow)
-                    times.append(time.perf_counter() - started)
-            latencies[engine] = sorted(times)[len(times) // 2]
+                    if turn:
+                        times[engine].append(time.process_time() - started)
     finally:
         torch.backends.quantized.engine = previous
-    return latencies
+    return {engine: sorted(spent)[len(spent) // 2] for engine, spent in times.items()}
 
 
 def fastest_engine(payload: dict[str, Any]) -> str:
