@@ -49,6 +49,9 @@ bench: proto
 	$(BIN)/python -m bench.personalization --quick
 	$(BIN)/python -m bench.device --quick
 	$(BIN)/python -m bench.service --quick
+	$(BIN)/python -m bench.personalization_latency --quick
+	$(BIN)/python -m bench.capacity --quick
+	$(BIN)/python -m bench.device_latency --quick
 	$(BIN)/python -m bench.methods --quick
 
 clean:
