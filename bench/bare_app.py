@@ -5,7 +5,8 @@ JSON, one ``features`` input FP32 [N, 128]), the same model-sized work — a tor
 ``Linear(128, 6)`` and the Energy score ``−logsumexp(logits)`` — and the same
 kind of answer (``logits`` and ``ood_score`` tensors), with nothing else: no
 auth, no validation beyond what the work needs, no metrics, no access log. Run
-by :func:`bench.harness.serve_ceiling` as ``uvicorn bench.bare_app:app``.
+by :func:`bench.harness.serve_ceiling` as ``uvicorn bench.bare_app:app`` (one torch thread,
+like the service).
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ import json
 import torch
 from fastapi import FastAPI, Request
 
-torch.set_num_threads(1)
-torch.manual_seed(0)
-
 app = FastAPI()
-head = torch.nn.Linear(128, 6).eval()
+with torch.random.fork_rng():  # a fixed head without touching the importer's random state
+    torch.manual_seed(0)
+    head = torch.nn.Linear(128, 6).eval()
 
 
 @app.post("/v2/models/{name}/infer")
