@@ -36,6 +36,7 @@ import torch
 from bench.harness import untrained_base_bundle
 from bench.report import markdown_table, write_json, write_section
 from server.export import int8_payload
+from server.rest.state import BASE_MODEL_NAME
 from shared.data.digit_actions import DigitActionsConfig, generate_split
 from shared.data.flow import compute_flow_batch
 from shared.data.tensors import flow_to_tensor, frames_to_tensor
@@ -99,7 +100,7 @@ def base_bundle(model: Path | None) -> tuple[ModelBundle, str]:
     if settings.data_dir.exists():
         with open_registry(settings.database_url, settings.data_dir) as registry:
             try:
-                record = registry.get_model("secdood_base", None, "float")
+                record = registry.get_model(BASE_MODEL_NAME, None, "float")
                 data = registry.artifacts.read_bytes(record.artifact_sha256)
                 return bundle_from_bytes(data), f"{record.name} v{record.version}"
             except NotFoundError:

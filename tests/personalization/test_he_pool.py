@@ -10,6 +10,7 @@ import torch
 
 from device_client.gateway_client import GatewayClient, GatewayClientError
 from server.gateway import build_grpc_server
+from server.personalization import DEFAULT_HYPERNET
 from server.registry import open_registry
 from server.settings import Settings
 from shared.he import decrypt_theta, encrypt_selected, public_context_bytes
@@ -25,7 +26,7 @@ def test_workers_serve_several_devices_and_keep_refusing_bad_input(tmp_path, sma
     buffer = io.BytesIO()
     torch.save(hypernet_state(hypernet), buffer)
     with open_registry(None, tmp_path) as registry:
-        registry.register_model("hypernetwork", "hypernetwork", {}, {}, buffer.getvalue())
+        registry.register_model(DEFAULT_HYPERNET, DEFAULT_HYPERNET, {}, {}, buffer.getvalue())
         settings = Settings(
             data_dir=tmp_path, host="127.0.0.1", grpc_port=0, enrollment_key=KEY, he_workers=2
         )
