@@ -44,7 +44,6 @@ from bench.harness import (
 )
 from bench.personalization_latency import embeddings, logit_gap, random_hypernet
 from bench.report import markdown_table, write_json, write_section
-from server.personalization import DEFAULT_HYPERNET
 from shared.channel_importance import DEFAULT_ALPHA, channel_count
 from shared.he import (
     CKKSParams,
@@ -54,6 +53,7 @@ from shared.he import (
     public_context_bytes,
 )
 from shared.hypernet import hypernet_state
+from shared.model_names import HYPERNETWORK as DEFAULT_HYPERNET
 from shared.models.checkpoint import bundle_to_bytes
 
 LEVELS = {"full": (1, 4, 16, 64), "quick": (1, 4, 16)}

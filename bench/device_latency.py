@@ -36,12 +36,12 @@ import torch
 from bench.harness import untrained_base_bundle
 from bench.report import markdown_table, write_json, write_section
 from server.export import int8_payload
-from server.rest.state import BASE_MODEL_NAME
 from shared.data.digit_actions import DigitActionsConfig, generate_split
 from shared.data.flow import compute_flow_batch
 from shared.data.tensors import flow_to_tensor, frames_to_tensor
 from shared.data.video_io import iter_frames, resize_frames, write_video
 from shared.hypernet import personalised_logits
+from shared.model_names import BASE_MODEL as BASE_MODEL_NAME
 from shared.models.checkpoint import ModelBundle, load_bundle
 from shared.models.int8 import engine_latencies, fastest_engine, int8_bundle
 from shared.pipeline import DEFAULT_DETECTOR, OODPipeline

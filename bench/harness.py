@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from pydantic import SecretStr
 
-from server.rest.state import BASE_MODEL_NAME
 from server.settings import Settings
+from shared.model_names import BASE_MODEL as BASE_MODEL_NAME
 
 #: upper bound on any single wait (server start, a client thread), seconds
 WAIT_LIMIT_S = 300.0

@@ -46,7 +46,6 @@ from bench.harness import (
 )
 from bench.report import markdown_table, write_json, write_section
 from server.ckks_matmul import EvaluationKeys, encode_rows, evaluate, read_vector
-from server.personalization import DEFAULT_HYPERNET
 from shared.channel_importance import DEFAULT_ALPHA, channel_count
 from shared.he import (
     MAX_MODULUS_BITS,
@@ -58,6 +57,7 @@ from shared.he import (
     public_context_bytes,
 )
 from shared.hypernet import HyperNetwork, HyperNetworkConfig, hypernet_state, personalised_logits
+from shared.model_names import HYPERNETWORK as DEFAULT_HYPERNET
 from shared.models.checkpoint import bundle_to_bytes
 
 PARAMETER_SETS: dict[str, CKKSParams] = {

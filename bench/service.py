@@ -55,8 +55,8 @@ from bench.harness import (
     wrk_command,
 )
 from bench.report import markdown_table, write_json, write_section
-from server.rest.state import BASE_MODEL_NAME as MODEL_NAME
 from server.settings import Settings
+from shared.model_names import BASE_MODEL as MODEL_NAME
 from shared.models.checkpoint import ModelBundle, bundle_to_bytes, load_bundle
 from shared.pipeline import DEFAULT_DETECTOR, OODPipeline
 

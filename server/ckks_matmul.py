@@ -28,6 +28,7 @@ import tenseal.sealapi as seal
 from google.protobuf.message import DecodeError
 
 from server.ckks_wire import CKKSVectorProto, TenSEALContextProto, seal_load, seal_save
+from shared.he import FOREIGN_CIPHERTEXT
 
 
 class PrivateContextError(ValueError):
@@ -193,7 +194,7 @@ def read_vector(keys: EvaluationKeys, data: bytes) -> tuple[seal.Ciphertext, int
         seal_load(ciphertext, message.ciphertexts[0], keys.context)
     except Exception as error:
         raise ValueError(
-            f"ciphertext does not parse under this device's context ({error}); send "
+            f"ciphertext {FOREIGN_CIPHERTEXT} ({error}); send "
             "CKKSVector.serialize() made with the context you uploaded"
         ) from None
     return ciphertext, int(message.sizes[0]), float(message.scale)

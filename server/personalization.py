@@ -3,13 +3,12 @@
 The HyperNetwork is affine in its input (:mod:`shared.hypernet`), Θ = z_m·A + c,
 and a masked channel contributes nothing, so the cloud only needs the rows of A
 for the channels the device selected: ``Enc(Θ) = Enc(z[indices]) · A[indices] + c``
-— one vector × plain-matrix product (one rotation per selected row, which is
-why selecting a quarter of the channels costs about a quarter of the time).
+— one vector × plain-matrix product, cheaper the fewer channels are selected.
 
 The product runs on SEAL directly (:mod:`server.ckks_matmul`: baby-step
 giant-step diagonals, about a sixth of the key switches of TenSEAL's ``matmul``).
 What can be prepared once is: a device's public context is parsed when it is
-uploaded (:meth:`PersonalizationService.remember_context`) and kept parsed; the
+uploaded (:meth:`PersonalizationService.keep_context`) and kept parsed; the
 plaintext diagonals of H's selected rows are encoded once per (H version, CKKS
 parameters, selection). Both caches are LRUs bounded in bytes. The cloud holds
 only public material: it can compute on the ciphertext but cannot decrypt the
@@ -36,8 +35,9 @@ from server.registry import Registry
 from server.registry.records import ModelRecord
 from shared.channel_importance import channel_count, check_alpha, check_indices
 from shared.hypernet import HyperNetworkConfig, hypernet_from_state
+from shared.model_names import HYPERNETWORK
 
-DEFAULT_HYPERNET = "hypernetwork"
+DEFAULT_HYPERNET = HYPERNETWORK
 #: memory for parsed public contexts (≈ 19 MB each at N = 8192, [60, 40, 60])
 MAX_CONTEXT_BYTES = 512 * 1024 * 1024
 #: memory for encoded diagonals of selected rows (≈ 4 MB per selection of 32 rows)

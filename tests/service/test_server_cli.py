@@ -70,3 +70,21 @@ def test_bad_commands_fail_clearly(data_dir, capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_help_and_methods_say_what_things_are(capsys):
+    from server.methods.catalog import method_names
+
+    assert main(["methods"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == method_names()
+    assert all(len(line.split()) > 2 for line in lines)  # a description after every name
+    for argv in (["--help"], ["serve", "--help"], ["train", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = capsys.readouterr().out
+        assert "``" not in out
+        if argv[0] == "serve":
+            assert "--grpc-port" in out and "SECDOOD_ENROLLMENT_KEY" in out and "keys.json" in out
+        if argv[0] == "train":
+            assert "--set KEY=VALUE" in out and "repeatable" in out
