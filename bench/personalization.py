@@ -7,28 +7,46 @@ Usage::
 Without ``--base-model`` the latest registered base model of ``$SECDOOD_DATA_DIR`` is used
 (trained first if there is none).
 
-Simulated devices 0..K-1 each see their camera corruption (severity 5) on held-out
-test clips and on near/far OOD clips. For α ∈ {0.1, 0.25, 0.5, 1.0} (importance
-selection over a 64-clip window of the device's ID stream) and random selection at
-0.25, per-sample Θ = H(z ⊙ mask) gives the logits; Energy and MSP score them. The
-accuracy/AUROC numbers use plaintext mode (the cloud's same restricted affine map);
-the HE cost (cloud seconds per request, median), bytes up/down and the max
-|encrypted − plaintext| logit difference come from real encrypted requests through
-a loopback gRPC gateway with the default CKKS parameters. Writes
-bench/results/personalization.json and docs/img/personalization.png; prints a
-markdown table.
+1. **Training devices**: the clean camera, the 8 classic severity-5 devices and hundreds of
+   compositions drawn from the *train* split of :mod:`shared.data.device_shifts`.
+2. **Settings chosen on validation devices only** (the held-out ``geometric`` family and
+   ``pixelate``): a few H settings (:data:`SWEEP`) are trained and the one with the best
+   mean validation accuracy among those that leave no validation device more than one
+   point below the global head is kept. The sweep is reported on validation only.
+3. **Seen devices**: the 8 classic devices (train-split types) on held-out test clips;
+   SecDOOD rows at α ∈ {0.1, 0.25, 0.5, 1.0} (importance selection over a 64-clip window
+   of the device's ID stream) and random selection at 0.25.
+4. **Unseen devices** (the ``unseen`` block): devices from the *test* split — the held-out
+   ``visibility`` family and held-out types of the per-pixel families, alone and mixed,
+   severities 3–5 — evaluated once: global head, SecDOOD α = 0.25, the same behind the
+   device guard (:mod:`device_client.head_guard`), the paper's per-sample H trained as
+   before on the 8 classic devices, and per-device fine-tuning with backprop.
+
+The ``device`` H gives one Θ per device from the window mean (per-device mode); the
+paper's H one Θ per clip. Energy and MSP score the logits. Accuracy/AUROC numbers use
+plaintext mode (the cloud's same restricted affine map); the HE cost (cloud seconds per
+request, median), bytes and the max |encrypted − plaintext| logit difference come from
+real encrypted requests through a loopback gRPC gateway with the default CKKS parameters.
+Writes bench/results/personalization.json, docs/img/personalization.png and
+docs/img/personalization_unseen.png; prints markdown tables.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import io
 import json
+import math
+import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,23 +54,25 @@ import torch.nn.functional as F
 
 from bench.report import default_base_model_path, write_section
 from device_client.gateway_client import GatewayClient
+from device_client.head_guard import HeadGuard
 from device_client.keyring import DeviceKeyring, PersonalizationSettings
 from device_client.state import DeviceState
 from server.gateway import build_grpc_server
 from server.registry import open_registry
 from server.settings import Settings
+from server.training.device_embeddings import DeviceSet, classic_profile, embed_clipset
 from server.training.hypernetwork import (
     HyperNetworkTrainConfig,
-    collect_device_embeddings,
-    embed_clipset,
+    collect_devices,
     fit_hypernetwork,
-    shifted_clips,
 )
 from shared.channel_importance import channel_importance, random_channels, top_alpha_channels
-from shared.data.corruptions import device_shift
+from shared.data.corruptions import corrupt_clipset, device_shift
+from shared.data.device_shifts import SHIFT_SPLIT, DeviceProfile, evaluation_profiles, shift_clipset
+from shared.data.digit_actions import SPLITS as DATA_SPLITS
 from shared.data.digit_actions import DigitActionsConfig, load_split
 from shared.he import CKKSParams
-from shared.hypernet import hypernet_state, personalised_logits
+from shared.hypernet import HyperNetwork, hypernet_state, personalised_logits, restricted_map
 from shared.model_names import HYPERNETWORK
 from shared.models.checkpoint import load_bundle
 from shared.ood.metrics import accuracy, ood_metrics
@@ -62,33 +82,82 @@ ROOT = Path(__file__).resolve().parents[1]
 ALPHAS = (0.1, 0.25, 0.5, 1.0)
 ENROLL_KEY = "bench-key"
 WINDOW = 64
+#: OOD splits scored; ``near_hard`` when the data has it
+OOD_SPLITS = tuple(s for s in ("near", "near_hard", "far") if s in DATA_SPLITS)
+#: H settings tried on the validation devices (the rest of the config is the default)
+SWEEP: tuple[dict[str, Any], ...] = (
+    {"correction": "theta", "hidden_dim": 32, "global_penalty": 1e-2},
+    {"correction": "theta", "hidden_dim": 32, "global_penalty": 1e-1},
+    {"correction": "theta", "hidden_dim": 32, "global_penalty": 1e-3},
+    {"correction": "theta", "hidden_dim": 8, "global_penalty": 1e-2},
+    {"correction": "bias", "hidden_dim": 32, "global_penalty": 1e-3},
+)
+#: refresh-time confidence slacks of the device guard tried on validation (None: no check)
+GUARD_SLACKS: tuple[float | None, ...] = (0.0, 0.05, 0.1, None)
+#: bump when device embeddings would change (shift code, clip choice), to skip stale caches
+CACHE_VERSION = 2
+SECTION_TITLE = "Personalisation: HyperNetwork over CKKS vs global head vs fine-tuning"
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base-model", help="base model artifact (.pt); default: the registry's")
-    parser.add_argument("--quick", action="store_true", help="fewer devices/clips (< 5 min)")
+    parser.add_argument("--quick", action="store_true", help="fewer devices/clips (< 10 min)")
     parser.add_argument("--he-requests", type=int, default=None, help="encrypted requests/entry")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/personalization.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs/img/personalization.png")
+    parser.add_argument(
+        "--unseen-plot", type=Path, default=ROOT / "docs/img/personalization_unseen.png"
+    )
+    parser.add_argument(
+        "--render", action="store_true", help="only rewrite the BENCHMARKS.md section from --out"
+    )
     return parser.parse_args()
 
 
-def eval_device_embeddings(bundle, devices: int, per_split: int, seed: int = 0) -> list[dict]:
-    """Per device: test ID z/y and near/far OOD z, all through that device's corruption."""
+def cached(folder: Path, key: dict[str, Any], compute: Callable[[], Any]) -> Any:
+    """``compute()``, saved under ``folder`` by a hash of ``key`` and reused when present."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    path = folder / f"{digest}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    value = compute()
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(value, path)
+    return value
+
+
+def eval_device_embeddings(
+    bundle,
+    profiles: list[DeviceProfile],
+    per_split: int,
+    finetune_clips: int,
+    classic: bool,
+    seed: int = 0,
+) -> list[dict]:
+    """Per device: test ID z/y and OOD z (``per_split`` clips each) and ``finetune_clips``
+    labelled train clips (for the fine-tuned upper bound), all through its shift."""
     rng = np.random.default_rng(seed)
-    splits = {name: load_split(name, DigitActionsConfig()) for name in ("test", "near", "far")}
-    splits = {k: v.subset(rng.permutation(len(v))[:per_split]) for k, v in splits.items()}
+    names = ("test", *OOD_SPLITS, "train")
+    splits = {name: load_split(name, DigitActionsConfig()) for name in names}
+    splits = {
+        k: v.subset(rng.permutation(len(v))[: finetune_clips if k == "train" else per_split])
+        for k, v in splits.items()
+    }
     out = []
-    for index in range(devices):
-        shift = device_shift(index)
-        entry = {"shift": shift.corruption}
+    for index, profile in enumerate(profiles):
+        entry: dict[str, Any] = {"shift": profile.name, "families": profile.families}
         for name, clips in splits.items():
-            shifted = shifted_clips(clips, shift.corruption, shift.severity, 3000 + index)
+            if classic:  # exactly the earlier benchmark's devices (per-clip camera draws)
+                shift = device_shift(index)
+                shifted = corrupt_clipset(clips, shift.corruption, shift.severity, 3000 + index)
+            else:
+                shifted = shift_clipset(clips, profile, 5000 + index)
             entry[name] = embed_clipset(bundle.model, shifted).double()
         entry["labels"] = torch.as_tensor(splits["test"].labels)
+        entry["train_labels"] = torch.as_tensor(splits["train"].labels)
         out.append(entry)
-        print(f"  embedded eval device {index} ({shift.corruption})", flush=True)
+        print(f"  embedded eval device {index} ({profile.name})", flush=True)
     return out
 
 
@@ -98,11 +167,11 @@ def scores(pipeline: OODPipeline, z: torch.Tensor, logits: torch.Tensor) -> dict
 
 
 def detection_metrics(pipeline, device, logits_of) -> dict[str, float]:
-    """ID accuracy and near/far AUROC/FPR95 (Energy and MSP) for one device."""
+    """ID accuracy and near/far(/near_hard) AUROC/FPR95 (Energy and MSP) for one device."""
     id_logits = logits_of(device["test"])
     id_scores = scores(pipeline, device["test"], id_logits)
     result = {"id_accuracy": accuracy(id_logits, device["labels"])}
-    for ood in ("near", "far"):
+    for ood in OOD_SPLITS:
         ood_scores = scores(pipeline, device[ood], logits_of(device[ood]))
         for detector in ("energy", "msp"):
             metrics = ood_metrics(id_scores[detector], ood_scores[detector])
@@ -128,17 +197,46 @@ def finetuned_head(bundle, z: torch.Tensor, y: torch.Tensor, epochs: int = 300):
     return head.requires_grad_(False)
 
 
-def he_costs(hypernet, devices, requests: int) -> dict[str, dict[str, float]]:
+class FoldedH:
+    """An eval-mode H as the cloud holds it: the affine map and the reference."""
+
+    def __init__(self, model: HyperNetwork) -> None:
+        self.model = model
+        a, c = model.affine_map()
+        self.a, self.c = a.numpy(), c.numpy()
+        self.reference = model.reference.double().numpy()
+        self.per_device = model.config.variant == "device"
+        self.classes = model.config.num_classes
+
+    def theta(self, u: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        """Θ from descriptions u [D] or [N, D] on the selected channels (plaintext mode)."""
+        rows, offset = restricted_map(self.a, self.c, self.reference, indices)
+        return u[..., indices] @ rows + offset
+
+    def logits_for(self, window: np.ndarray, indices_of: Callable[[int], np.ndarray]):
+        """``logits_of(z)`` for one device: one Θ from the window mean, or one per clip."""
+        if self.per_device:
+            theta = torch.from_numpy(self.theta(window.mean(0), indices_of(0)))
+            return lambda z: personalised_logits(z, theta, self.classes)
+
+        def per_sample(z: torch.Tensor) -> torch.Tensor:
+            thetas = np.stack([self.theta(row, indices_of(i)) for i, row in enumerate(z.numpy())])
+            return personalised_logits(z, torch.from_numpy(thetas), self.classes)
+
+        return per_sample
+
+
+def he_costs(hypernet: FoldedH, devices, requests: int, alphas) -> dict[str, dict[str, float]]:
     """Encrypted requests over a loopback gateway: cloud seconds, bytes, logit agreement.
 
-    The device side is the product's: a :class:`DeviceKeyring` (default CKKS
-    parameters) makes the keys, uploads the public context when the cloud asks
-    for it, and its Personalizer encrypts, sends and decrypts.
+    The device side is the product's: a :class:`DeviceKeyring` (default CKKS parameters)
+    makes the keys, uploads the public context when the cloud asks for it, and its
+    Personalizer encrypts, sends and decrypts. The ``device`` H gets the window mean,
+    the paper's H one clip per request.
     """
     state = io.BytesIO()
-    torch.save(hypernet_state(hypernet), state)
-    a, c = (t.numpy() for t in hypernet.affine_map())
-    embed_dim, classes = a.shape[0], hypernet.config.num_classes
+    torch.save(hypernet_state(hypernet.model), state)
+    embed_dim = hypernet.a.shape[0]
     costs: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as folder, open_registry(None, folder) as registry:
         registry.register_model(HYPERNETWORK, HYPERNETWORK, {}, {}, state.getvalue())
@@ -159,33 +257,35 @@ def he_costs(hypernet, devices, requests: int) -> dict[str, dict[str, float]]:
             z_all = devices[0]["test"].numpy()
             window = z_all[:WINDOW]
             rng = np.random.default_rng(0)
-            for key, alpha, method in [*((str(a), a, "importance") for a in ALPHAS)] + [
-                ("random_0.25", 0.25, "random")
-            ]:
+            entries = [(str(a), a, "importance") for a in alphas]
+            if 0.25 in alphas:
+                entries.append(("random_0.25", 0.25, "random"))
+            for key, alpha, method in entries:
                 personalizer = keyring.personalizer(
                     client,
                     target,
                     device_id,
                     embed_dim,
-                    classes,
+                    hypernet.classes,
                     model_key="bench",
                     settings=PersonalizationSettings(alpha, "per_sample"),
                 )
                 seconds, ups, downs, diffs = [], [], [], []
                 for i in range(requests):
-                    z = z_all[WINDOW + i]
+                    u = window.mean(0) if hypernet.per_device else z_all[WINDOW + i]
                     idx = (
                         top_alpha_channels(channel_importance(window), alpha)
                         if method == "importance"
-                        else random_channels(z.size, alpha, rng)
+                        else random_channels(u.size, alpha, rng)
                     )
                     before = dataclasses.replace(personalizer.stats)
-                    theta = personalizer.request_theta(z, idx)
+                    theta = personalizer.request_theta(u, idx)
                     after = personalizer.stats
-                    plain_theta = z[idx] @ a[idx] + c
-                    zt = torch.from_numpy(z)[None]
-                    diff = personalised_logits(zt, torch.from_numpy(theta), classes) - (
-                        personalised_logits(zt, torch.from_numpy(plain_theta), classes)
+                    zt = torch.from_numpy(z_all[WINDOW + i])[None]
+                    diff = personalised_logits(
+                        zt, torch.from_numpy(theta), hypernet.classes
+                    ) - personalised_logits(
+                        zt, torch.from_numpy(hypernet.theta(u, idx)), hypernet.classes
                     )
                     seconds.append(after.he_seconds - before.he_seconds)
                     ups.append(after.bytes_up - before.bytes_up)
@@ -204,138 +304,283 @@ def he_costs(hypernet, devices, requests: int) -> dict[str, dict[str, float]]:
     return costs
 
 
+def choose_setting(base: HyperNetworkTrainConfig, bundle, train: DeviceSet, val: DeviceSet):
+    """Train every :data:`SWEEP` candidate; pick on the validation devices only.
+
+    Returns (chosen config, its trained H, its metrics, the sweep rows).
+    """
+    sweep, trained = [], []
+    for candidate in SWEEP:
+        config = HyperNetworkTrainConfig(**{**base.model_dump(), **candidate})
+        model, metrics = fit_hypernetwork(config, bundle, train, val)
+        trained.append((config, model, metrics))
+        row = {
+            **candidate,
+            "val_accuracy_global": metrics["val_accuracy_global"],
+            "val_accuracy_personalised": metrics["val_accuracy_personalised"],
+            "val_worst_delta": metrics["val_worst_delta"],
+        }
+        sweep.append(row)
+        print(f"  sweep {json.dumps(row)}", flush=True)
+    safe = [r for r in sweep if r["val_worst_delta"] >= -0.01] or sweep
+    best = max(safe, key=lambda r: r["val_accuracy_personalised"])
+    return (*trained[sweep.index(best)], sweep)
+
+
+def choose_guard_slack(hypernet: FoldedH, bundle, val: DeviceSet) -> tuple[float | None, list]:
+    """The guard's confidence slack with the best mean accuracy on the validation devices
+    (ties: the stricter slack)."""
+    head = bundle.model.fused_head
+    weight, bias = head.weight.detach().double(), head.bias.detach().double()
+    rows = []
+    for slack in GUARD_SLACKS:
+        accuracies, fallbacks = [], 0
+        for z, y in zip(val.z.double(), val.y, strict=True):
+            window = z[:WINDOW].numpy()
+            theta = hypernet.theta(
+                window.mean(0), top_alpha_channels(channel_importance(window), 0.25)
+            )
+            guard = HeadGuard(weight, bias, confidence_slack=math.inf if slack is None else slack)
+            trusted = guard.refresh(window, theta).trusted
+            fallbacks += not trusted
+            logits = (
+                personalised_logits(z, torch.from_numpy(theta), hypernet.classes)
+                if trusted
+                else z @ weight.T + bias
+            )
+            accuracies.append(accuracy(logits, y))
+        rows.append(
+            {"slack": slack, "val_accuracy": float(np.mean(accuracies)), "fallbacks": fallbacks}
+        )
+        print(f"  guard {json.dumps(rows[-1])}", flush=True)
+    best = max(rows, key=lambda r: (round(r["val_accuracy"], 9), -GUARD_SLACKS.index(r["slack"])))
+    return best["slack"], rows
+
+
+def window_indices(window: np.ndarray, alpha: float) -> Callable[[int], np.ndarray]:
+    chosen = top_alpha_channels(channel_importance(window), alpha)
+    return lambda _i: chosen
+
+
+def evaluate_devices(pipeline, bundle, devices, hypernet: FoldedH, paper: FoldedH, guard_args):
+    """Per-device rows for every head on a list of evaluation devices."""
+    head = bundle.model.fused_head
+    weight, bias = head.weight.detach().double(), head.bias.detach().double()
+    rows: dict[str, list[dict[str, float]]] = {
+        k: [] for k in ("global", "personalised", "guarded", "paper", "finetuned")
+    }
+    rows |= {f"alpha_{a}": [] for a in ALPHAS} | {"random_0.25": []}
+    guard_log = []
+    rng = np.random.default_rng(1)
+    for device in devices:
+        window = device["test"][:WINDOW].numpy()
+        for alpha in ALPHAS:
+            logits_of = hypernet.logits_for(window, window_indices(window, alpha))
+            rows[f"alpha_{alpha}"].append(detection_metrics(pipeline, device, logits_of))
+        rows["personalised"].append(rows["alpha_0.25"][-1])
+        random_idx = random_channels(window.shape[1], 0.25, rng)
+        logits_of = hypernet.logits_for(window, lambda _i, r=random_idx: r)
+        rows["random_0.25"].append(detection_metrics(pipeline, device, logits_of))
+        # the guard checks the per-device Θ on the window it came from
+        indices = top_alpha_channels(channel_importance(window), 0.25)
+        theta = hypernet.theta(window.mean(0), indices) if hypernet.per_device else None
+        if theta is not None:
+            guard = HeadGuard(weight, bias, **guard_args)
+            state = guard.refresh(window, theta)
+            guard_log.append({"device": device["shift"], **asdict(state)})
+            use = rows["personalised"][-1] if state.trusted else None
+        else:
+            use = rows["personalised"][-1]
+        global_row = detection_metrics(pipeline, device, lambda z: z @ weight.T + bias)
+        rows["global"].append(global_row)
+        rows["guarded"].append(use if use is not None else global_row)
+        paper_logits = paper.logits_for(window, window_indices(window, 0.25))
+        rows["paper"].append(detection_metrics(pipeline, device, paper_logits))
+        tuned = finetuned_head(bundle, device["train"], device["train_labels"])
+        rows["finetuned"].append(detection_metrics(pipeline, device, tuned))
+    return rows, guard_log
+
+
+def summary(row: dict[str, float]) -> dict[str, float | None]:
+    """The four headline numbers of the ``unseen`` block (None where a split is missing)."""
+    return {
+        "id_acc": row["id_accuracy"],
+        "near_auroc": row["near_auroc"],
+        "near_hard_auroc": row.get("near_hard_auroc"),
+        "far_auroc": row["far_auroc"],
+    }
+
+
 def main() -> None:
     args = parse_args()
+    if args.render:
+        write_section(
+            "personalization", SECTION_TITLE, section_markdown(json.loads(args.out.read_text()))
+        )
+        return
     torch.set_num_threads(1)
     started = time.perf_counter()
     if args.base_model is None:
         args.base_model = str(default_base_model_path())
+    base_sha = hashlib.sha256(Path(args.base_model).read_bytes()).hexdigest()
     bundle = load_bundle(args.base_model)
     pipeline = OODPipeline(bundle)
     quick = args.quick
-    train_config = HyperNetworkTrainConfig(
+    cache = Settings().data_dir / "cache" / "bench-personalization"
+    base_config = HyperNetworkTrainConfig(
         base_model_path=args.base_model,
-        devices=4 if quick else 8,
-        clips_per_device=300 if quick else 600,
-        val_clips_per_device=60 if quick else 300,
-        epochs=20 if quick else 40,
+        devices=40 if quick else 200,
+        clips_per_device=48 if quick else 64,
+        val_devices=6 if quick else 16,
+        val_clips_per_device=48 if quick else 64,
+        steps=400 if quick else 3000,
         threads=1,
     )
-    print("embedding training devices ...", flush=True)
-    embeddings = collect_device_embeddings(train_config, bundle)
-    hypernet, train_metrics = fit_hypernetwork(train_config, bundle, embeddings)
-    print(f"H trained: {json.dumps(train_metrics)}", flush=True)
-    print("embedding evaluation devices ...", flush=True)
-    devices = eval_device_embeddings(bundle, train_config.devices, 150 if quick else 300)
+    key = {"v": CACHE_VERSION, "base": base_sha, "quick": quick, "split": SHIFT_SPLIT}
+    print("embedding training and validation devices ...", flush=True)
+    train, val = cached(
+        cache, {**key, "what": "train"}, lambda: collect_devices(base_config, bundle)
+    )
+    assert val is not None
+    print("choosing H settings on validation devices ...", flush=True)
+    train_config, model, train_metrics, sweep = choose_setting(base_config, bundle, train, val)
+    hypernet = FoldedH(model)
+    # the paper's per-sample H, trained as before on the clean + 8 classic devices only
+    paper_config = HyperNetworkTrainConfig(
+        **{
+            **base_config.model_dump(),
+            "variant": "one_m",
+            "hidden_dim": 64,
+            "steps": 200 if quick else 840,
+            "lr": 1e-3,
+            "weight_decay": 1e-4,
+        }
+    )
+    classic = DeviceSet(train.profiles[:9], train.z[:9], train.y[:9])
+    paper_model, paper_metrics = fit_hypernetwork(paper_config, bundle, classic, val)
+    paper = FoldedH(paper_model)
+    brief = {k: v for k, v in train_metrics.items() if k != "val_per_device"}
+    print(f"H trained: {json.dumps(brief)}", flush=True)
 
-    a, c = (t.numpy() for t in hypernet.affine_map())
-    classes = bundle.config.num_classes
-    rng = np.random.default_rng(1)
-
-    def mask_of(indices: np.ndarray) -> np.ndarray:
-        mask = np.zeros(a.shape[0])
-        mask[indices] = 1.0
-        return mask
-
-    def personalised(masks_for):
-        """Per-sample logits; ``masks_for(n)`` gives one mask [D] or one per sample [n, D]."""
-
-        def logits_of(z: torch.Tensor) -> torch.Tensor:
-            mask = masks_for(len(z))
-            theta = torch.from_numpy((z.numpy() * mask) @ a + c)  # per-sample Θ, [N, D·C + C]
-            return personalised_logits(z, theta, classes)
-
-        return logits_of
-
-    results: dict = {"alpha": {}}
-    head = bundle.model.fused_head
-    weight, bias = head.weight.detach().double(), head.bias.detach().double()
-    global_rows, tuned_rows = [], []
-    per_alpha: dict[str, list] = {str(a_): [] for a_ in ALPHAS}
-    random_rows, device_mode_rows = [], []
-    for index, device in enumerate(devices):
-        window = device["test"][:WINDOW].numpy()
-        importance = channel_importance(window)
-        for alpha in ALPHAS:
-            fixed_mask = mask_of(top_alpha_channels(importance, alpha))
-            chosen = personalised(lambda n, m=fixed_mask: m)
-            per_alpha[str(alpha)].append(detection_metrics(pipeline, device, chosen))
-
-        def random_masks(n: int) -> np.ndarray:  # a fresh random selection per request
-            return np.stack([mask_of(random_channels(a.shape[0], 0.25, rng)) for _ in range(n)])
-
-        random_rows.append(detection_metrics(pipeline, device, personalised(random_masks)))
-        mask = mask_of(top_alpha_channels(importance, 0.25))
-        device_theta = torch.from_numpy((window.mean(0) * mask) @ a + c)
-        device_mode_rows.append(
-            detection_metrics(
-                pipeline, device, lambda z, t=device_theta: personalised_logits(z, t, classes)
-            )
-        )
-        global_rows.append(detection_metrics(pipeline, device, lambda z: z @ weight.T + bias))
-        # device index i is training-embedding entry i + 1 (entry 0 is the clean device)
-        tuned = finetuned_head(
-            bundle, embeddings.train_z[index + 1].double(), embeddings.train_y[index + 1]
-        )
-        tuned_rows.append(detection_metrics(pipeline, device, tuned))
+    per_split = 150 if quick else 300
+    unseen_split = 150 if quick else 200
+    finetune_clips = 150 if quick else 200
+    print("embedding seen (classic) and unseen (test-split) devices ...", flush=True)
+    seen_profiles = [classic_profile(i) for i in range(4 if quick else 8)]
+    seen = cached(
+        cache,
+        {**key, "what": "seen", "n": per_split, "ft": finetune_clips, "ood": OOD_SPLITS},
+        lambda: eval_device_embeddings(bundle, seen_profiles, per_split, finetune_clips, True),
+    )
+    unseen_profiles = evaluation_profiles("test", 5 if quick else 12, seed=0)
+    unseen = cached(
+        cache,
+        {**key, "what": "unseen", "n": unseen_split, "ft": finetune_clips, "ood": OOD_SPLITS},
+        lambda: eval_device_embeddings(
+            bundle, unseen_profiles, unseen_split, finetune_clips, False
+        ),
+    )
+    guard_slack, guard_sweep = choose_guard_slack(hypernet, bundle, val)
+    guard_args = {
+        "mode": "fallback",
+        "confidence_slack": math.inf if guard_slack is None else guard_slack,
+        "disagreement_margin": 0.15,
+    }
+    seen_rows, _ = evaluate_devices(pipeline, bundle, seen, hypernet, paper, guard_args)
+    unseen_rows, guard_log = evaluate_devices(pipeline, bundle, unseen, hypernet, paper, guard_args)
 
     requests = args.he_requests or (3 if quick else 5)
     print(f"encrypted requests ({requests} per entry) ...", flush=True)
-    costs = he_costs(hypernet, devices, requests)
+    costs = he_costs(hypernet, seen, requests, ALPHAS)
+    paper_costs = he_costs(paper, seen, requests, (0.25,))["0.25"]
     zero_cost = {"he_seconds": 0.0, "bytes_up": 0.0, "bytes_down": 0.0}
+    results: dict[str, Any] = {"alpha": {}}
     for alpha in ALPHAS:
-        results["alpha"][str(alpha)] = {**average(per_alpha[str(alpha)]), **costs[str(alpha)]}
-    results["random_0.25"] = {**average(random_rows), **costs["random_0.25"]}
+        results["alpha"][str(alpha)] = {
+            **average(seen_rows[f"alpha_{alpha}"]),
+            **costs[str(alpha)],
+        }
+    results["random_0.25"] = {**average(seen_rows["random_0.25"]), **costs["random_0.25"]}
     results["per_device_0.25"] = {
-        **average(device_mode_rows),
+        **average(seen_rows["alpha_0.25"]),
         **{k: v for k, v in costs["0.25"].items() if k != "max_logit_diff"},
     }
-    results["global"] = {**average(global_rows), **zero_cost}
-    results["finetuned"] = {**average(tuned_rows), **zero_cost}
-    results["per_device_shift"] = [d["shift"] for d in devices]
+    results["paper_per_sample_0.25"] = {**average(seen_rows["paper"]), **paper_costs}
+    results["global"] = {**average(seen_rows["global"]), **zero_cost}
+    results["finetuned"] = {**average(seen_rows["finetuned"]), **zero_cost}
+    results["per_device_shift"] = [d["shift"] for d in seen]
     results["per_device_accuracy"] = {
-        "global": [r["id_accuracy"] for r in global_rows],
-        "alpha_0.25": [r["id_accuracy"] for r in per_alpha["0.25"]],
-        "finetuned": [r["id_accuracy"] for r in tuned_rows],
+        "global": [r["id_accuracy"] for r in seen_rows["global"]],
+        "alpha_0.25": [r["id_accuracy"] for r in seen_rows["alpha_0.25"]],
+        "finetuned": [r["id_accuracy"] for r in seen_rows["finetuned"]],
     }
+    results["unseen"] = {
+        "global": summary(average(unseen_rows["global"])),
+        "personalised": summary(average(unseen_rows["personalised"])),
+        "guarded": summary(average(unseen_rows["guarded"])),
+        "paper_per_sample": summary(average(unseen_rows["paper"])),
+        "finetuned": summary(average(unseen_rows["finetuned"])),
+        "near_hard_available": "near_hard" in OOD_SPLITS,
+        "devices": [
+            {
+                "shift": d["shift"],
+                "families": list(d["families"]),
+                **{
+                    k: summary(unseen_rows[k][i])
+                    for k in ("global", "personalised", "guarded", "paper", "finetuned")
+                },
+            }
+            for i, d in enumerate(unseen)
+        ],
+        "held_out_family_devices": sum("visibility" in d["families"] for d in unseen),
+        "guard": guard_log,
+        "full": {k: average(v) for k, v in unseen_rows.items()},
+    }
+    results["validation_sweep"] = sweep
+    results["guard_validation_sweep"] = guard_sweep
+    results["guard_confidence_slack"] = guard_slack
+    results["chosen_setting"] = {k: getattr(train_config, k) for k in SWEEP[0]}
     results["hypernetwork_training"] = train_metrics
+    results["paper_hypernetwork_training"] = {
+        k: v for k, v in paper_metrics.items() if k != "val_per_device"
+    }
     results["he_time_ratio_0.25_vs_1.0"] = costs["0.25"]["he_seconds"] / costs["1.0"]["he_seconds"]
     results["setup"] = {
         "quick": quick,
-        "devices": len(devices),
-        "eval_clips_per_split": len(devices[0]["test"]),
+        "devices": len(seen),
+        "unseen_devices": len(unseen),
+        "training_devices": len(train.profiles),
+        "validation_devices": len(val.profiles),
+        "eval_clips_per_split": len(seen[0]["test"]),
+        "unseen_clips_per_split": len(unseen[0]["test"]),
+        "finetune_clips": finetune_clips,
+        "ood_splits": list(OOD_SPLITS),
+        "shift_split": SHIFT_SPLIT,
         "ckks": CKKSParams().model_dump(),
         "he_requests_per_entry": requests,
         "torch_threads": 1,
         "seconds": round(time.perf_counter() - started, 1),
+        "load_average_1min": round(os.getloadavg()[0], 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
-    print_table(results)
+    print(table_markdown(results))
+    print(unseen_markdown(results))
     plot(results, args.plot)
-    write_section(
-        "personalization",
-        "Personalisation: HyperNetwork over CKKS vs global head vs fine-tuning",
-        f"{'Quick' if quick else 'Full'} run: {results['setup']['devices']} shifted devices "
-        f"(severity 5), {results['setup']['eval_clips_per_split']} held-out clips per split each, "
-        f"CKKS {results['setup']['ckks']}. Cloud HE time of α = 0.25 vs α = 1.0 (same run): "
-        f"{results['he_time_ratio_0.25_vs_1.0']:.2f}×.\n\n"
-        f"{table_markdown(results)}\n\n![personalisation](docs/img/personalization.png)",
+    plot_unseen(results, args.unseen_plot)
+    write_section("personalization", SECTION_TITLE, section_markdown(results))
+    print(
+        f"wrote {args.out}, {args.plot} and {args.unseen_plot} in {results['setup']['seconds']} s"
     )
-    print(f"wrote {args.out} and {args.plot} in {results['setup']['seconds']} s")
 
 
 def _rows(results: dict):
     for alpha in ALPHAS:
         yield f"SecDOOD α={alpha}", results["alpha"][str(alpha)]
     yield "SecDOOD random 0.25", results["random_0.25"]
-    yield "SecDOOD per-device 0.25", results["per_device_0.25"]
+    yield "paper H, per-sample 0.25 (as before)", results["paper_per_sample_0.25"]
     yield "global head", results["global"]
     yield "fine-tuned head (backprop)", results["finetuned"]
-
-
-def print_table(results: dict) -> None:
-    print(table_markdown(results))
 
 
 def table_markdown(results: dict) -> str:
@@ -354,6 +599,93 @@ def table_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _fmt(value: float | None) -> str:
+    return "missing" if value is None else f"{value:.3f}"
+
+
+UNSEEN_ROWS = (
+    ("global", "global head"),
+    ("personalised", "SecDOOD α = 0.25 (encrypted)"),
+    ("guarded", "SecDOOD α = 0.25 + device guard"),
+    ("paper_per_sample", "paper H, per-sample, trained on 8 fixed shifts (before)"),
+    ("finetuned", "per-device fine-tuning (backprop)"),
+)
+
+
+def unseen_markdown(results: dict) -> str:
+    unseen = results["unseen"]
+    lines = [
+        "| mean over unseen devices | ID acc | near AUROC | near-hard AUROC | far AUROC |",
+        "|---|---|---|---|---|",
+    ]
+    for key, name in UNSEEN_ROWS:
+        r = unseen[key]
+        lines.append(
+            f"| {name} | {_fmt(r['id_acc'])} | {_fmt(r['near_auroc'])} "
+            f"| {_fmt(r['near_hard_auroc'])} | {_fmt(r['far_auroc'])} |"
+        )
+    lines += [
+        "",
+        "| unseen device (test split) | ID acc global / SecDOOD / fine-tuned "
+        "| near AUROC global / SecDOOD / fine-tuned | far AUROC global / SecDOOD / fine-tuned |",
+        "|---|---|---|---|",
+    ]
+    for d in unseen["devices"]:
+        g, p, t = d["global"], d["personalised"], d["finetuned"]
+        lines.append(
+            f"| {d['shift']} | {g['id_acc']:.3f} / {p['id_acc']:.3f} / {t['id_acc']:.3f} "
+            f"| {g['near_auroc']:.3f} / {p['near_auroc']:.3f} / {t['near_auroc']:.3f} "
+            f"| {g['far_auroc']:.3f} / {p['far_auroc']:.3f} / {t['far_auroc']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def sweep_markdown(results: dict) -> str:
+    lines = [
+        "| correction | rank | penalty | val acc global | val acc SecDOOD | worst device Δ |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results["validation_sweep"]:
+        lines.append(
+            f"| {r['correction']} | {r['hidden_dim']} | {r['global_penalty']:g} "
+            f"| {r['val_accuracy_global']:.3f} | {r['val_accuracy_personalised']:.3f} "
+            f"| {r['val_worst_delta']:+.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def section_markdown(results: dict) -> str:
+    setup = results["setup"]
+    chosen = results["chosen_setting"]
+    unseen = results["unseen"]
+    trusted = sum(g["trusted"] for g in unseen["guard"])
+    return (
+        f"{'Quick' if setup['quick'] else 'Full'} run. H trained on "
+        f"{setup['training_devices']} simulated devices (clean, 8 classic severity-5 devices, "
+        f"the rest drawn from the train split of `shared/data/device_shifts.py`); settings "
+        f"chosen on {setup['validation_devices']} validation devices (held-out `geometric` "
+        f"family and `pixelate`) — chosen: {chosen}. CKKS {setup['ckks']}.\n\n"
+        f"Load average at the end of the run: {setup.get('load_average_1min', 'not recorded')} "
+        "(2 cores; other jobs may share them: compare cloud HE seconds within a table, "
+        "not across runs). Encrypted vs plaintext logits: max difference "
+        f"{max(r['max_logit_diff'] for r in results['alpha'].values()):.1e}.\n\n"
+        f"**Seen shifts** ({setup['devices']} classic devices, severity 5, "
+        f"{setup['eval_clips_per_split']} held-out clips per split). Cloud HE time of "
+        f"α = 0.25 vs α = 1.0 (same run): {results['he_time_ratio_0.25_vs_1.0']:.2f}×.\n\n"
+        f"{table_markdown(results)}\n\n"
+        f"**Unseen shifts** ({setup['unseen_devices']} devices from the test split: the "
+        f"held-out `visibility` family ({unseen['held_out_family_devices']} devices) and "
+        f"held-out types, alone and in pairs, severities 3–5; never used for training or "
+        f"for choosing settings). Device guard (refresh-time confidence slack "
+        f"{results.get('guard_confidence_slack', 0.0)} chosen on validation; None = no check): "
+        f"personalised head kept on {trusted} of {len(unseen['guard'])} devices.\n\n"
+        f"{unseen_markdown(results)}\n\n"
+        f"Validation sweep (validation devices only):\n\n{sweep_markdown(results)}\n\n"
+        "![personalisation](docs/img/personalization.png)\n"
+        "![unseen devices](docs/img/personalization_unseen.png)"
+    )
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -367,7 +699,7 @@ def plot(results: dict, path: Path) -> None:
         left.bar(x + offset, [r[key] for r in rows], width=0.25, label=key)
     left.set_xticks(x, names, rotation=35, ha="right", fontsize=8)
     left.set_ylim(0, 1.02)
-    left.set_title("shifted devices: accuracy and AUROC (Energy)")
+    left.set_title("seen shifts: accuracy and AUROC (Energy)")
     left.legend(fontsize=8, loc="lower left")
     alphas = [str(a) for a in ALPHAS]
     right.plot(ALPHAS, [results["alpha"][a]["he_seconds"] for a in alphas], "o-")
@@ -377,6 +709,37 @@ def plot(results: dict, path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_unseen(results: dict, path: Path) -> None:
+    """Per unseen device: ID accuracy and near/far AUROC of global, SecDOOD, fine-tuned."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    devices = results["unseen"]["devices"]
+    names = [d["shift"] for d in devices]
+    x = np.arange(len(devices))
+    fig, axes = plt.subplots(3, 1, figsize=(13, 9), sharex=True)
+    heads = (
+        ("global", "global head"),
+        ("personalised", "SecDOOD α=0.25"),
+        ("finetuned", "fine-tuned"),
+    )
+    for axis, metric in zip(axes, ("id_acc", "near_auroc", "far_auroc"), strict=True):
+        for offset, (key, label) in zip((-0.27, 0.0, 0.27), heads, strict=True):
+            axis.bar(x + offset, [d[key][metric] for d in devices], width=0.27, label=label)
+        axis.set_ylabel(metric)
+        axis.set_ylim(0, 1.02)
+    axes[0].legend(fontsize=8, ncol=3, loc="lower left")
+    axes[0].set_title("unseen devices (test split: held-out families and types)")
+    axes[-1].set_xticks(x, names, rotation=35, ha="right", fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

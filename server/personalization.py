@@ -1,9 +1,11 @@
 """The cloud half of SecDOOD personalisation: H on the device's selected channels.
 
-The HyperNetwork is affine in its input (:mod:`shared.hypernet`), Θ = z_m·A + c,
-and a masked channel contributes nothing, so the cloud only needs the rows of A
-for the channels the device selected: ``Enc(Θ) = Enc(z[indices]) · A[indices] + c``
-— one vector × plain-matrix product, cheaper the fewer channels are selected.
+The HyperNetwork is affine in its input (:mod:`shared.hypernet`), Θ = x·A + c with
+x = m ⊙ (u − r), and an unselected channel contributes nothing, so the cloud only needs
+the rows of A for the channels the device selected:
+``Enc(Θ) = Enc(u[indices]) · A[indices] + (c − r[indices]·A[indices])``
+(:func:`shared.hypernet.restricted_map`) — one vector × plain-matrix product, cheaper the
+fewer channels are selected.
 
 The product runs on SEAL directly (:mod:`server.ckks_matmul`: baby-step
 giant-step diagonals, about a sixth of the key switches of TenSEAL's ``matmul``).
@@ -34,7 +36,7 @@ from server.he_pool import HEWorkerPool
 from server.registry import Registry
 from server.registry.records import ModelRecord
 from shared.channel_importance import channel_count, check_alpha, check_indices
-from shared.hypernet import HyperNetworkConfig, hypernet_from_state
+from shared.hypernet import HyperNetworkConfig, hypernet_from_state, restricted_map
 from shared.model_names import HYPERNETWORK
 
 DEFAULT_HYPERNET = HYPERNETWORK
@@ -59,6 +61,7 @@ class FoldedHyperNet:
     config: HyperNetworkConfig
     a: np.ndarray  # [D, D·C + C]
     c: np.ndarray  # [D·C + C]
+    reference: np.ndarray  # [D]: the value an unselected channel stands for
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,8 @@ class PersonalizationService:
             return cached
         model = hypernet_from_artifact(self._registry.artifacts.read_bytes(record.artifact_sha256))
         a, c = model.affine_map()
-        folded = FoldedHyperNet(record, model.config, a.numpy(), c.numpy())
+        reference = model.reference.double().numpy()
+        folded = FoldedHyperNet(record, model.config, a.numpy(), c.numpy(), reference)
         with self._lock:
             self._hypernets[record.artifact_sha256] = folded
         return folded
@@ -170,19 +174,25 @@ class PersonalizationService:
         return keys
 
     def rows_for(
-        self, keys: EvaluationKeys, hypernet: FoldedHyperNet, indices: np.ndarray
+        self,
+        keys: EvaluationKeys,
+        hypernet: FoldedHyperNet,
+        indices: np.ndarray,
+        rows: np.ndarray,
+        offset: np.ndarray,
     ) -> EncodedRows:
-        """H's rows for ``indices`` as plaintext diagonals, encoded once per H, parameters, rows."""
+        """H's restricted map for ``indices`` (``rows``, ``offset``) as plaintext diagonals,
+        encoded once per H version, CKKS parameters and selection."""
         sha256 = hypernet.record.artifact_sha256
         cache_key = (sha256, keys.parameters, keys.scale, indices.tobytes())
         encoded = self.encoded_rows.get(cache_key)
         if encoded is None:
-            encoded = encode_rows(keys, hypernet.a[indices], hypernet.c)
+            encoded = encode_rows(keys, rows, offset)
             self.encoded_rows.put(cache_key, encoded)
         return encoded
 
     def personalize(self, device_id: str, query: PersonalizeQuery) -> PersonalizeAnswer:
-        """Validate ``query`` and compute Θ = z[indices]·A[indices] + c (encrypted or plain).
+        """Validate ``query`` and compute Θ with H restricted to ``indices`` (encrypted or plain).
 
         Raises ValueError/TypeError (→ INVALID_ARGUMENT) for bad input,
         MissingContextError when the device has no context, NotFoundError without H.
@@ -196,11 +206,12 @@ class PersonalizationService:
                 f"alpha {alpha} selects {channel_count(alpha, d)} of {d} channels, but "
                 f"{indices.size} indices were sent"
             )
+        rows, offset = restricted_map(hypernet.a, hypernet.c, hypernet.reference, indices)
         if (query.encrypted is None) == (query.plain is None):
             raise ValueError("send exactly one of an encrypted or a plain embedding")
         if query.plain is not None:
-            return self._plain(hypernet, hypernet.a[indices], hypernet.c, query.plain)
-        return self._encrypted(device_id, hypernet, indices, query)
+            return self._plain(hypernet, rows, offset, query.plain)
+        return self._encrypted(device_id, hypernet, indices, rows, offset, query)
 
     def _plain(
         self, hypernet: FoldedHyperNet, rows: np.ndarray, offset: np.ndarray, plain: np.ndarray
@@ -219,6 +230,8 @@ class PersonalizationService:
         device_id: str,
         hypernet: FoldedHyperNet,
         indices: np.ndarray,
+        rows: np.ndarray,
+        offset: np.ndarray,
         query: PersonalizeQuery,
     ) -> PersonalizeAnswer:
         data = query.encrypted or b""
@@ -234,7 +247,7 @@ class PersonalizationService:
             start = time.perf_counter()
             rows_key = (hypernet.record.artifact_sha256, indices.tobytes())
             chunks = self._pool.evaluate(
-                device_id, record.artifact_sha256, rows_key, hypernet.a[indices], hypernet.c, data
+                device_id, record.artifact_sha256, rows_key, rows, offset, data
             )
             return PersonalizeAnswer(hypernet, chunks, None, time.perf_counter() - start)
         keys = self.device_context(device_id)
@@ -242,5 +255,6 @@ class PersonalizationService:
         ciphertext, size, scale = read_vector(keys, data)
         if size != indices.size:
             raise ValueError(f"ciphertext holds {size} values but {indices.size} indices were sent")
-        chunks = evaluate(keys, self.rows_for(keys, hypernet, indices), ciphertext, scale)
+        encoded = self.rows_for(keys, hypernet, indices, rows, offset)
+        chunks = evaluate(keys, encoded, ciphertext, scale)
         return PersonalizeAnswer(hypernet, chunks, None, time.perf_counter() - start)

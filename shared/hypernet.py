@@ -1,19 +1,32 @@
-"""The SecDOOD HyperNetwork H: a (masked) embedding in, a whole fused classifier out.
+"""The SecDOOD HyperNetwork H: a (masked) device description in, a whole classifier out.
 
-For an embedding z ∈ R^D and C classes, H produces Θ = [kernel (D×C), bias (C)]
-and the personalised logits are ``z · kernel + bias`` computed on the device with
-the *full* plaintext z (ICCV 2025, "Secure On-Device Video OOD Detection Without
-Backpropagation"; the reference's "oneM+bias" and "twoM" variants):
+For an input u ∈ R^D and C classes, H produces Θ = [kernel (D×C), bias (C)] and the
+personalised logits are ``z · kernel + bias`` computed on the device with the *full*
+plaintext embedding z (ICCV 2025, "Secure On-Device Video OOD Detection Without
+Backpropagation"). Variants:
 
-- ``one_m`` (default): kernel = Norm(z·W + b), bias = Norm(z·B + b_B);
-- ``two_m``: kernel = Norm((z·W₁ + b₁)·W₂ + b₂) — a hidden linear layer, no nonlinearity.
+- ``one_m`` (the paper's "oneM+bias"): kernel = Norm(u·W + b), bias = Norm(u·B + b_B);
+- ``two_m`` (the paper's "twoM"): kernel = Norm((u·W₁ + b₁)·W₂ + b₂);
+- ``device`` (default; trained for devices never seen): Θ = Θ_global + ((u − r)·U)·V, a
+  rank-``hidden_dim`` correction of the global head driven by how the device's window
+  mean u differs from a reference r (the mean embedding over the training devices). V
+  starts at zero, so an untrained H *is* the global head, and training penalises
+  ‖Θ − Θ_global‖² so a device unlike any seen in training stays near the global head.
 
-Norm is a BatchNorm, affine at inference, so H is *affine in its input*:
-Θ = z_m · A + c for one matrix A [D, D·C + C] and one vector c, which
-:meth:`HyperNetwork.affine_map` folds out exactly. That is what lets the cloud
-evaluate H on a CKKS ciphertext with plaintext weights in one multiplicative
-level (both variants fold to the same depth), and restrict it to the rows of
-the channels the device encrypted: masking channel j to zero equals dropping row j.
+The paper's variants take one sample z as u (per-sample mode); ``device`` takes the mean
+of the device's recent window (per-device mode): one sample mixes "which class" with
+"which camera", the window mean keeps mostly the camera.
+
+Masking: an unselected channel is replaced by its reference value r_j (so it carries
+"no information" rather than "zero"); H's input is x = m ⊙ (u − r). For ``one_m`` /
+``two_m`` r = 0, which is the paper's zero masking.
+
+Norm is a BatchNorm, affine at inference, so every variant is *affine in its input*:
+Θ = x · A + c for one matrix A [D, D·C + C] and one vector c, which
+:meth:`HyperNetwork.affine_map` folds out exactly. That is what lets the cloud evaluate H
+on a CKKS ciphertext with plaintext weights in one multiplicative level (all variants
+fold to the same depth), restricted to the rows of the channels the device encrypted:
+``Enc(Θ) = Enc(u_sel)·A_sel + (c − r_sel·A_sel)`` (:func:`restricted_map`).
 
 Θ layout (shared by cloud and device): ``theta[d * C + k] = kernel[d, k]`` for the
 first D·C entries, then the C bias entries.
@@ -24,22 +37,28 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
 HYPERNET_FORMAT = "secdood-hypernetwork"
-HYPERNET_FORMAT_VERSION = 1
-VARIANTS: tuple[str, ...] = ("one_m", "two_m")
+HYPERNET_FORMAT_VERSION = 2
+#: versions this build reads (version 1 had no ``reference``: zero, the paper's masking)
+READABLE_FORMAT_VERSIONS = (1, 2)
+VARIANTS: tuple[str, ...] = ("one_m", "two_m", "device")
+Variant = Literal["one_m", "two_m", "device"]
 
 
 @dataclass(frozen=True)
 class HyperNetworkConfig:
-    """Shape of H: embedding size D, classes C, variant, hidden width of ``two_m``."""
+    """Shape of H: embedding size D, classes C, variant, hidden width (``two_m``, ``device``)."""
 
     embed_dim: int = 128
     num_classes: int = 6
-    variant: Literal["one_m", "two_m"] = "one_m"
+    variant: Variant = "one_m"
     hidden_dim: int = 64
+    #: ``device`` variant: correct the whole Θ ("theta") or only the bias ("bias")
+    correction: Literal["theta", "bias"] = "theta"
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "num_classes", "hidden_dim"):
@@ -50,6 +69,8 @@ class HyperNetworkConfig:
             raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.correction not in ("theta", "bias"):
+            raise ValueError(f"correction must be 'theta' or 'bias', got {self.correction!r}")
 
     @property
     def theta_size(self) -> int:
@@ -61,16 +82,27 @@ class HyperNetworkConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HyperNetworkConfig:
-        return cls(**{k: data[k] for k in ("embed_dim", "num_classes", "variant", "hidden_dim")})
+        keys = ("embed_dim", "num_classes", "variant", "hidden_dim", "correction")
+        return cls(**{k: data[k] for k in keys if k in data})
 
 
 class HyperNetwork(nn.Module):
-    """H: masked embedding z_m [N, D] → (kernel [N, D, C], bias [N, C])."""
+    """H: masked, centred input x = m ⊙ (u − r) [N, D] → (kernel [N, D, C], bias [N, C])."""
 
     def __init__(self, config: HyperNetworkConfig | None = None) -> None:
         super().__init__()
         self.config = config or HyperNetworkConfig()
         d, c = self.config.embed_dim, self.config.num_classes
+        #: r: the value an unselected channel stands for (zero for the paper's variants)
+        self.register_buffer("reference", torch.zeros(d))
+        if self.config.variant == "device":
+            self.register_buffer("head_theta", torch.zeros(d * c + c))
+            self.down = nn.Linear(d, self.config.hidden_dim, bias=False)
+            corrected = d * c + c if self.config.correction == "theta" else c
+            self.up = nn.Linear(self.config.hidden_dim, corrected)
+            nn.init.zeros_(self.up.weight)
+            nn.init.zeros_(self.up.bias)
+            return
         if self.config.variant == "one_m":
             self.kernel_map: nn.Module = nn.Linear(d, d * c)
         else:
@@ -96,34 +128,64 @@ class HyperNetwork(nn.Module):
                 f"head must be weight [{c}, {d}] and bias [{c}], got "
                 f"{list(weight.shape)} and {list(bias.shape)}"
             )
+        if self.config.variant == "device":
+            self.head_theta.copy_(torch.cat([weight.T.reshape(-1), bias]))
+            return
         self.kernel_norm.bias.copy_(weight.T.reshape(-1))
         self.kernel_norm.weight.fill_(spread)
         self.bias_norm.bias.copy_(bias)
         self.bias_norm.weight.fill_(spread)
 
-    def forward(self, z_masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """z_m [N, D] → kernel [N, D, C], bias [N, C]."""
+    @torch.no_grad()
+    def set_reference(self, reference: torch.Tensor) -> None:
+        """Set r [D], the value an unselected channel stands for (``device`` variant)."""
+        if tuple(reference.shape) != (self.config.embed_dim,):
+            raise ValueError(
+                f"reference must be [{self.config.embed_dim}], got {list(reference.shape)}"
+            )
+        self.reference.copy_(reference)
+
+    def masked_input(self, u: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x = m ⊙ (u − r): what H reads from descriptions u [N, D] and masks m [N, D]."""
+        return mask * (u - self.reference)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x = m ⊙ (u − r) [N, D] → kernel [N, D, C], bias [N, C]."""
         d, c = self.config.embed_dim, self.config.num_classes
-        if z_masked.ndim != 2 or z_masked.shape[1] != d:
-            raise ValueError(f"H takes embeddings [N, {d}], got {list(z_masked.shape)}")
-        kernel = self.kernel_norm(self.kernel_map(z_masked)).view(-1, d, c)
-        bias = self.bias_norm(self.bias_map(z_masked))
+        if x.ndim != 2 or x.shape[1] != d:
+            raise ValueError(f"H takes inputs [N, {d}], got {list(x.shape)}")
+        if self.config.variant == "device":
+            theta = self.head_theta + self._correction_rows(self.up(self.down(x)))
+            return theta[:, : d * c].reshape(-1, d, c), theta[:, d * c :]
+        kernel = self.kernel_norm(self.kernel_map(x)).view(-1, d, c)
+        bias = self.bias_norm(self.bias_map(x))
         return kernel, bias
 
-    def theta(self, z_masked: torch.Tensor) -> torch.Tensor:
+    def _correction_rows(self, delta: torch.Tensor) -> torch.Tensor:
+        """Place a bias-only correction [..., C] into Θ's layout [..., D·C + C] (zeros first)."""
+        if self.config.correction == "theta":
+            return delta
+        zeros = delta.new_zeros(*delta.shape[:-1], self.config.embed_dim * self.config.num_classes)
+        return torch.cat([zeros, delta], dim=-1)
+
+    def theta(self, x: torch.Tensor) -> torch.Tensor:
         """Flat Θ [N, D·C + C] in the shared layout (kernel row-major, then bias)."""
-        kernel, bias = self(z_masked)
+        kernel, bias = self(x)
         return torch.cat([kernel.flatten(1), bias], dim=1)
 
     @torch.no_grad()
     def affine_map(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A [D, D·C + C], c [D·C + C]) with Θ = z_m·A + c exactly, in eval mode (float64).
+        """(A [D, D·C + C], c [D·C + C]) with Θ = x·A + c exactly, in eval mode (float64).
 
         Folds the linear layer(s) and the BatchNorms' running statistics:
         BN(x) = (x − μ)·s + β with s = γ/√(σ² + ε).
         """
         if self.training:
             raise RuntimeError("affine_map() folds eval-mode BatchNorm: call .eval() first")
+        if self.config.variant == "device":
+            a, c = _linear_chain(nn.Sequential(self.down, self.up))
+            a, c = self._correction_rows(a), self._correction_rows(c)
+            return a, c + self.head_theta.double()
         kernel_a, kernel_c = _linear_chain(self.kernel_map)
         bias_a, bias_c = _linear_chain(self.bias_map)
         kernel_a, kernel_c = _fold_norm(kernel_a, kernel_c, self.kernel_norm)
@@ -140,7 +202,7 @@ def _linear_chain(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         if not isinstance(layer, nn.Linear):
             raise TypeError(f"only Linear layers fold into an affine map, got {type(layer)}")
         w = layer.weight.double().T  # [in, out]
-        b = layer.bias.double()
+        b = layer.bias.double() if layer.bias is not None else torch.zeros(w.shape[1]).double()
         a, c = (w, b) if a is None else (a @ w, c @ w + b)
     assert a is not None and c is not None
     return a, c
@@ -151,6 +213,18 @@ def _fold_norm(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     scale = norm.weight.double() / torch.sqrt(norm.running_var.double() + norm.eps)
     return a * scale, (c - norm.running_mean.double()) * scale + norm.bias.double()
+
+
+def restricted_map(
+    a: np.ndarray, c: np.ndarray, reference: np.ndarray, indices: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, offset) with Θ = u[indices]·rows + offset: H on the selected channels only.
+
+    The other channels stand at their reference value (x_j = 0), so they drop out;
+    the selected ones enter as u_j − r_j, whose constant part moves into the offset.
+    """
+    rows = a[indices]
+    return rows, c - reference[indices] @ rows
 
 
 def split_theta(theta: torch.Tensor, embed_dim: int, num_classes: int) -> tuple[torch.Tensor, ...]:
@@ -197,11 +271,13 @@ def hypernet_from_state(state: dict[str, Any]) -> HyperNetwork:
     """Rebuild an eval-mode H from :func:`hypernet_state`; ValueError if it is not one."""
     if not isinstance(state, dict) or state.get("format") != HYPERNET_FORMAT:
         raise ValueError(f"not a SecDOOD hypernetwork state (expected format {HYPERNET_FORMAT!r})")
-    if state.get("format_version") != HYPERNET_FORMAT_VERSION:
+    if state.get("format_version") not in READABLE_FORMAT_VERSIONS:
         raise ValueError(
             f"hypernetwork format version {state.get('format_version')} is not supported "
-            f"(this build reads {HYPERNET_FORMAT_VERSION})"
+            f"(this build reads {READABLE_FORMAT_VERSIONS})"
         )
     model = HyperNetwork(HyperNetworkConfig.from_dict(state["config"]))
-    model.load_state_dict(state["state_dict"])
+    weights = dict(state["state_dict"])
+    weights.setdefault("reference", torch.zeros(model.config.embed_dim))  # version 1
+    model.load_state_dict(weights)
     return model.eval()

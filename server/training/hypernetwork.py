@@ -1,19 +1,25 @@
-"""Training the SecDOOD HyperNetwork H over simulated shifted devices (the base model frozen).
+"""Training the SecDOOD HyperNetwork H over simulated devices (the base model frozen).
 
 Top to bottom:
 
 1. load the frozen base model (``base_model_path``, else the latest registered
    ``secdood_base`` — the job runner hands trainers with ``needs_registry = True``
    its registry as ``trainer.registry``);
-2. embed ``clips_per_device`` ID training clips as seen by ``devices`` simulated
-   devices (each its own camera corruption at severity 5, :func:`device_shift`) plus
-   a clean device — embeddings are computed once and kept in memory;
-3. per sample draw a channel mask the way a device would: top-α by channel importance
-   over a random window of that device's embeddings at α ∈ ``alphas``, or (with
-   probability ``random_mask_fraction``) a random mask; H sees z ⊙ mask;
-4. loss = cross-entropy of the personalised logits z·kernel + bias with the *full* z;
-   Adam. H starts at the global head (:meth:`HyperNetwork.init_from_head`);
-5. validate on held-out clips of every device: global head vs personalised (α = 0.25).
+2. embed the training devices — the clean camera, the classic severity-5 devices and
+   ``devices`` compositions drawn by the generator from the *train* split of
+   :mod:`shared.data.device_shifts` — and ``val_devices`` drawn from the *validation*
+   split (:mod:`server.training.device_embeddings`);
+3. per device, ``WINDOWS_PER_DEVICE`` random windows of ``window`` clips: each gives a
+   description (the window mean u) and a channel ranking (SecDOOD importance), from
+   which a mask is drawn the way a device draws it (top-α at α ∈ ``alphas``, or with
+   probability ``random_mask_fraction`` a random mask);
+4. ``device`` variant: a batch of devices, Θ = H(m ⊙ (u − r)) per device, loss =
+   cross-entropy of every clip of that device under its Θ (full z) +
+   ``global_penalty``·‖Θ − Θ_global‖² (so unfamiliar devices stay near the global
+   head); Adam. The paper's ``one_m`` / ``two_m`` variants are trained per sample
+   (u = the sample itself) as before;
+5. report global vs personalised (α = 0.25) accuracy on the validation devices — the
+   numbers every setting of this config is chosen on (never the test split).
 
 The reference's AUROC surrogate needs outliers during training (MultiOOD's
 prototype mixing); it is left out here, so H is trained for ID accuracy under shift.
@@ -22,7 +28,6 @@ prototype mixing); it is left out here, so H is trained for ID accuracy under sh
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -31,44 +36,62 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from server.methods.base import ProgressFn, TrainResult, no_progress
+from server.training.device_embeddings import (
+    DeviceSet,
+    embed_clipset,
+    embed_devices,
+    shifted_clips,
+    training_profiles,
+)
 from shared.channel_importance import channel_count, channel_importance, check_alpha
-from shared.data.clipset import ClipSet
-from shared.data.corruptions import corrupt_clipset, device_shift
+from shared.data.device_shifts import evaluation_profiles
 from shared.data.digit_actions import DigitActionsConfig, load_split
-from shared.data.tensors import flow_to_tensor, frames_to_tensor
 from shared.hypernet import (
     HyperNetwork,
     HyperNetworkConfig,
+    Variant,
     hypernet_from_state,
     hypernet_state,
     personalised_logits,
 )
 from shared.models.checkpoint import ModelBundle, bundle_from_bytes, load_bundle
-from shared.models.two_stream import TwoStreamNet
+
+__all__ = ["embed_clipset", "shifted_clips"]  # re-exported for benchmarks
 
 BASE_MODEL_NAME = "secdood_base"
-#: importance windows drawn per device to build its masks
+#: importance windows drawn per device to build its descriptions and masks
 WINDOWS_PER_DEVICE = 16
+#: the α the device uses by default; validation reports it
+EVAL_ALPHA = 0.25
 
 
 class HyperNetworkTrainConfig(BaseModel):
-    """Hyperparameters of an H training run (validated; unknown keys rejected)."""
+    """Hyperparameters of an H training run (validated; unknown keys rejected).
+
+    Defaults were chosen on the validation split (docs/personalization.md).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     base_model_path: str | None = None
-    variant: Literal["one_m", "two_m"] = "one_m"
-    hidden_dim: int = Field(64, gt=0, le=4096)
-    devices: int = Field(8, ge=1, le=24)
-    clips_per_device: int = Field(900, ge=32, le=3600)
-    val_clips_per_device: int = Field(300, ge=32, le=600)
-    epochs: int = Field(40, gt=0, le=1000)
+    variant: Variant = "device"
+    hidden_dim: int = Field(32, gt=0, le=4096)
+    correction: Literal["theta", "bias"] = "theta"
+    devices: int = Field(300, ge=0, le=2000)
+    classic_devices: int = Field(8, ge=0, le=12)
+    clips_per_device: int = Field(96, ge=32, le=3600)
+    val_devices: int = Field(24, ge=0, le=200)
+    val_clips_per_device: int = Field(96, ge=32, le=600)
+    steps: int = Field(3000, gt=0, le=200_000)
+    batch_devices: int = Field(32, gt=1, le=4096)
     batch_size: int = Field(256, gt=1, le=8192)
-    lr: float = Field(1e-3, gt=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0, lt=1)
+    lr: float = Field(3e-3, gt=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0, lt=1)
+    global_penalty: float = Field(1e-1, ge=0)
     alphas: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
     random_mask_fraction: float = Field(0.25, ge=0, le=1)
     window: int = Field(64, ge=2, le=4096)
+    eval_alpha: float = EVAL_ALPHA
     init_spread: float = Field(0.01, gt=0)
     seed: int = 0
     data_seed: int = 0
@@ -82,64 +105,40 @@ class HyperNetworkTrainConfig(BaseModel):
         return tuple(check_alpha(a) for a in alphas)
 
 
-def device_shifts(devices: int) -> list[tuple[str, int]]:
-    """The simulated devices: clean ("", 0) first, then ``devices`` distinct corruptions."""
-    shifts = [device_shift(i) for i in range(devices)]
-    return [("", 0)] + [(s.corruption, s.severity) for s in shifts]
+def rank_positions(window: np.ndarray) -> np.ndarray:
+    """Rank position of every channel of a window [W, D] (0 = most important)."""
+    order = np.argsort(-channel_importance(window), kind="stable")
+    position = np.empty_like(order)
+    position[order] = np.arange(order.size)
+    return position
 
 
-def shifted_clips(clips: ClipSet, corruption: str, severity: int, seed: int) -> ClipSet:
-    """The clips as a device with that camera shift sees them ("" = clean)."""
-    return clips if not corruption else corrupt_clipset(clips, corruption, severity, seed)
-
-
-@torch.inference_mode()
-def embed_clipset(model: TwoStreamNet, clips: ClipSet, batch_size: int = 256) -> torch.Tensor:
-    """Fused embeddings z [N, D] of a clip set with the frozen base model."""
-    model.eval()
-    out = [
-        model.embed(
-            frames_to_tensor(clips.frames[start : start + batch_size]),
-            flow_to_tensor(clips.flow[start : start + batch_size]),
-        )
-        for start in range(0, len(clips), batch_size)
-    ]
-    return torch.cat(out) if out else torch.empty(0, model.config.embed_dim)
-
-
-def device_rankings(
+def device_windows(
     z: torch.Tensor, window: int, count: int, rng: np.random.Generator
-) -> torch.Tensor:
-    """Rank position of every channel (0 = most important) for ``count`` random windows.
-
-    Returns int64 [count, D]; a mask at α keeps channels with position < round(α·D).
-    """
-    positions = []
-    for _ in range(count):
-        rows = rng.choice(len(z), size=min(window, len(z)), replace=False)
-        order = np.argsort(-channel_importance(z[rows].numpy()), kind="stable")
-        position = np.empty_like(order)
-        position[order] = np.arange(order.size)
-        positions.append(position)
-    return torch.as_tensor(np.stack(positions), dtype=torch.long)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` random windows per device of z [M, N, D] → (means [M, count, D] float32,
+    rank positions [M, count, D] int64)."""
+    means, positions = [], []
+    for zd in z.numpy():
+        rows = [rng.choice(len(zd), size=min(window, len(zd)), replace=False) for _ in range(count)]
+        means.append(np.stack([zd[r].mean(0) for r in rows]))
+        positions.append(np.stack([rank_positions(zd[r]) for r in rows]))
+    return torch.as_tensor(np.stack(means)), torch.as_tensor(np.stack(positions))
 
 
 def draw_masks(
-    device: torch.Tensor,
-    rankings: torch.Tensor,
+    positions: torch.Tensor,
     alphas: tuple[float, ...],
     random_fraction: float,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """A float mask [N, D] per sample: top-α of one of its device's windows, or random."""
-    n, d = device.shape[0], rankings.shape[2]
+    """A float mask [N, D] per row of rank positions [N, D]: top-α, or a random mask."""
+    n, d = positions.shape
     counts = torch.tensor([channel_count(a, d) for a in alphas])
     k = counts[torch.randint(len(alphas), (n,), generator=generator)]
-    window = torch.randint(rankings.shape[1], (n,), generator=generator)
-    position = rankings[device, window]
     random_position = torch.rand(n, d, generator=generator).argsort(1).argsort(1)
     use_random = torch.rand(n, generator=generator) < random_fraction
-    position = torch.where(use_random[:, None], random_position, position)
+    position = torch.where(use_random[:, None], random_position, positions)
     return (position < k[:, None]).float()
 
 
@@ -158,114 +157,184 @@ def _base_bundle(config: HyperNetworkTrainConfig, registry: Any) -> tuple[ModelB
     )
 
 
-@dataclass
-class DeviceEmbeddings:
-    """Embeddings of the simulated devices, computed once: per device z [N_i, D] and y [N_i]."""
-
-    shifts: list[tuple[str, int]]
-    train_z: list[torch.Tensor]
-    train_y: list[torch.Tensor]
-    val_z: list[torch.Tensor]
-    val_y: list[torch.Tensor]
-
-
-def collect_device_embeddings(
+def collect_devices(
     config: HyperNetworkTrainConfig, bundle: ModelBundle, progress: ProgressFn = no_progress
-) -> DeviceEmbeddings:
-    """Embed the same train/val clip subsets as every simulated device sees them."""
-    rng = np.random.default_rng(config.data_seed)
+) -> tuple[DeviceSet, DeviceSet | None]:
+    """Embed the training devices (train clips) and validation devices (val clips)."""
     data = DigitActionsConfig(seed=config.data_seed)
-    train_all, val_all = load_split("train", data), load_split("val", data)
-    train_clips = train_all.subset(rng.permutation(len(train_all))[: config.clips_per_device])
-    val_clips = val_all.subset(rng.permutation(len(val_all))[: config.val_clips_per_device])
-    shifts = device_shifts(config.devices)
-    out = DeviceEmbeddings(shifts, [], [], [], [])
-    for index, (corruption, severity) in enumerate(shifts):
-        progress(0.5 * index / len(shifts), f"embedding device {index} ({corruption or 'clean'})")
-        for clips, zs, ys, seed in (
-            (train_clips, out.train_z, out.train_y, 1000 + index),
-            (val_clips, out.val_z, out.val_y, 2000 + index),
-        ):
-            zs.append(embed_clipset(bundle.model, shifted_clips(clips, corruption, severity, seed)))
-            ys.append(torch.as_tensor(clips.labels))
-    return out
+    profiles = training_profiles(config.devices, config.classic_devices, config.data_seed)
+    train = embed_devices(
+        bundle.model,
+        load_split("train", data),
+        profiles,
+        config.clips_per_device,
+        seed=config.data_seed,
+        progress=progress,
+        progress_span=(0.0, 0.45),
+    )
+    val = None
+    if config.val_devices:
+        val_profiles = evaluation_profiles("val", config.val_devices, seed=config.data_seed)
+        val = embed_devices(
+            bundle.model,
+            load_split("val", data),
+            val_profiles,
+            config.val_clips_per_device,
+            seed=config.data_seed + 1,
+            progress=progress,
+            progress_span=(0.45, 0.5),
+        )
+    return train, val
+
+
+def new_hypernetwork(config: HyperNetworkTrainConfig, bundle: ModelBundle) -> HyperNetwork:
+    """H at the global head, with the training devices' mean as reference (``device``)."""
+    head = bundle.model.fused_head
+    model = HyperNetwork(
+        HyperNetworkConfig(
+            embed_dim=bundle.config.embed_dim,
+            num_classes=bundle.config.num_classes,
+            variant=config.variant,
+            hidden_dim=config.hidden_dim,
+            correction=config.correction,
+        )
+    )
+    model.init_from_head(
+        head.weight.detach().clone(), head.bias.detach().clone(), config.init_spread
+    )
+    return model
+
+
+def _device_step(
+    model: HyperNetwork,
+    train: DeviceSet,
+    means: torch.Tensor,
+    positions: torch.Tensor,
+    config: HyperNetworkTrainConfig,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Loss of one batch of devices, one Θ per device from one of its windows."""
+    m, count = means.shape[0], means.shape[1]
+    devices = torch.randint(m, (config.batch_devices,), generator=generator)
+    window = torch.randint(count, (config.batch_devices,), generator=generator)
+    mask = draw_masks(
+        positions[devices, window], config.alphas, config.random_mask_fraction, generator
+    )
+    theta = model.theta(model.masked_input(means[devices, window], mask))
+    kernel_size = model.config.embed_dim * model.config.num_classes
+    kernel = theta[:, :kernel_size].view(len(devices), model.config.embed_dim, -1)
+    logits = torch.einsum("bnd,bdc->bnc", train.z[devices], kernel) + theta[:, None, kernel_size:]
+    loss = F.cross_entropy(logits.flatten(0, 1), train.y[devices].flatten())
+    drift = (theta - model.head_theta).pow(2).sum(1).mean()
+    return loss + config.global_penalty * drift
+
+
+def _sample_step(
+    model: HyperNetwork,
+    train: DeviceSet,
+    positions: torch.Tensor,
+    config: HyperNetworkTrainConfig,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Loss of one batch of samples (the paper's per-sample H: u = the sample itself)."""
+    m, n, _ = train.z.shape
+    device = torch.randint(m, (config.batch_size,), generator=generator)
+    clip = torch.randint(n, (config.batch_size,), generator=generator)
+    window = torch.randint(positions.shape[1], (config.batch_size,), generator=generator)
+    mask = draw_masks(
+        positions[device, window], config.alphas, config.random_mask_fraction, generator
+    )
+    z = train.z[device, clip]
+    theta = model.theta(model.masked_input(z, mask))
+    return F.cross_entropy(
+        personalised_logits(z, theta, model.config.num_classes), train.y[device, clip]
+    )
+
+
+@torch.no_grad()
+def evaluate_devices(
+    model: HyperNetwork,
+    bundle: ModelBundle,
+    devices: DeviceSet,
+    window: int,
+    alpha: float = EVAL_ALPHA,
+) -> list[dict[str, Any]]:
+    """Per device: ID accuracy of the global head and of H's Θ (per-device mode, top-α).
+
+    The description is the mean of the device's first ``window`` clips; accuracy is over
+    all its clips. The paper's per-sample variants get one Θ per clip instead.
+    """
+    head = bundle.model.fused_head
+    weight, bias = head.weight.detach(), head.bias.detach()
+    c = model.config.num_classes
+    rows = []
+    for profile, z, y in zip(devices.profiles, devices.z, devices.y, strict=True):
+        recent = z[:window]
+        keep = rank_positions(recent.numpy()) < channel_count(alpha, z.shape[1])
+        mask = torch.as_tensor(keep, dtype=z.dtype)
+        if model.config.variant == "device":
+            theta = model.theta(model.masked_input(recent.mean(0, keepdim=True), mask[None]))[0]
+        else:
+            theta = model.theta(model.masked_input(z, mask.expand_as(z)))
+        personal = float((personalised_logits(z, theta, c).argmax(1) == y).float().mean())
+        rows.append(
+            {
+                "device": profile.name,
+                "global": float(((z @ weight.T + bias).argmax(1) == y).float().mean()),
+                "personalised": personal,
+            }
+        )
+    return rows
 
 
 def fit_hypernetwork(
     config: HyperNetworkTrainConfig,
     bundle: ModelBundle,
-    embeddings: DeviceEmbeddings,
+    train: DeviceSet,
+    val: DeviceSet | None = None,
     progress: ProgressFn = no_progress,
 ) -> tuple[HyperNetwork, dict[str, Any]]:
     """Train H on precomputed device embeddings; returns (eval-mode H, metrics)."""
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    z = torch.cat(embeddings.train_z).clone()
-    y = torch.cat(embeddings.train_y)
-    dev = torch.cat([torch.full((len(zd),), i) for i, zd in enumerate(embeddings.train_z)])
-    rankings = torch.stack(
-        [device_rankings(zd, config.window, WINDOWS_PER_DEVICE, rng) for zd in embeddings.train_z]
-    )
-    head = bundle.model.fused_head
-    weight, bias = head.weight.detach().clone(), head.bias.detach().clone()
-    c = bundle.config.num_classes
-    model = HyperNetwork(
-        HyperNetworkConfig(
-            embed_dim=bundle.config.embed_dim,
-            num_classes=c,
-            variant=config.variant,
-            hidden_dim=config.hidden_dim,
-        )
-    )
-    model.init_from_head(weight, bias, config.init_spread)
+    means, positions = device_windows(train.z, config.window, WINDOWS_PER_DEVICE, rng)
+    model = new_hypernetwork(config, bundle)
+    if config.variant == "device":
+        model.set_reference(means.mean((0, 1)))
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
-    total = 0.0
-    for epoch in range(config.epochs):
-        model.train()
-        order = torch.randperm(len(z), generator=generator)
-        total = 0.0
-        for start in range(0, len(z), config.batch_size):
-            batch = order[start : start + config.batch_size]
-            if len(batch) < 2:
-                continue  # BatchNorm needs two samples
-            mask = draw_masks(
-                dev[batch], rankings, config.alphas, config.random_mask_fraction, generator
+    model.train()
+    recent = []
+    for step in range(config.steps):
+        if config.variant == "device":
+            loss = _device_step(model, train, means, positions, config, generator)
+        else:
+            loss = _sample_step(model, train, positions, config, generator)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        recent = [*recent[-99:], float(loss.detach())]
+        if (step + 1) % max(1, config.steps // 20) == 0:
+            progress(
+                0.5 + 0.5 * (step + 1) / config.steps,
+                f"step {step + 1}: loss {np.mean(recent):.4f}",
             )
-            theta = model.theta(z[batch] * mask)
-            loss = F.cross_entropy(personalised_logits(z[batch], theta, c), y[batch])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            total += float(loss.detach()) * len(batch)
-        progress(
-            0.5 + 0.5 * (epoch + 1) / config.epochs,
-            f"epoch {epoch + 1}: loss {total / len(z):.4f}",
-        )
     model.eval()
-
-    per_device = {}
-    with torch.no_grad():
-        for index, (corruption, _severity) in enumerate(embeddings.shifts):
-            zv, yv = embeddings.val_z[index].clone(), embeddings.val_y[index]
-            global_acc = float(((zv @ weight.T + bias).argmax(1) == yv).float().mean())
-            rank = device_rankings(zv, config.window, 1, rng)[0]
-            theta = model.theta(zv * (rank < channel_count(0.25, zv.shape[1])).float())
-            personal = float((personalised_logits(zv, theta, c).argmax(1) == yv).float().mean())
-            per_device[corruption or "clean"] = {
-                "global": global_acc,
-                "personalised_0.25": personal,
-            }
     metrics: dict[str, Any] = {
-        "train_loss": total / len(z),
-        "devices": len(embeddings.shifts),
-        "val_per_device": per_device,
-        "val_accuracy_global": float(np.mean([v["global"] for v in per_device.values()])),
-        "val_accuracy_personalised": float(
-            np.mean([v["personalised_0.25"] for v in per_device.values()])
-        ),
+        "train_loss": float(np.mean(recent)),
+        "train_devices": len(train.profiles),
     }
+    if val is not None:
+        rows = evaluate_devices(model, bundle, val, config.window, check_alpha(config.eval_alpha))
+        deltas = [r["personalised"] - r["global"] for r in rows]
+        metrics |= {
+            "val_devices": len(rows),
+            "val_per_device": rows,
+            "val_accuracy_global": float(np.mean([r["global"] for r in rows])),
+            "val_accuracy_personalised": float(np.mean([r["personalised"] for r in rows])),
+            "val_worst_delta": float(min(deltas)),
+        }
     return model, metrics
 
 
@@ -277,10 +346,12 @@ def train_hypernetwork(
     """Embed the simulated devices, then train H; returns (eval-mode H, metrics)."""
     started = time.perf_counter()
     torch.set_num_threads(config.threads)
-    embeddings = collect_device_embeddings(config, bundle, progress)
-    model, metrics = fit_hypernetwork(config, bundle, embeddings, progress)
+    train, val = collect_devices(config, bundle, progress)
+    model, metrics = fit_hypernetwork(config, bundle, train, val, progress)
     metrics["train_seconds"] = round(time.perf_counter() - started, 2)
-    progress(1.0, f"done: val accuracy {metrics['val_accuracy_personalised']:.3f}")
+    progress(
+        1.0, f"done: val accuracy {metrics.get('val_accuracy_personalised', float('nan')):.3f}"
+    )
     return model, metrics
 
 

@@ -1,14 +1,21 @@
-"""Camera corruptions in the style of the "-C" benchmarks, for simulated device shift.
+"""Camera shifts for simulated devices: the "-C" style suite plus what real cameras add.
 
-Each corruption maps a clip ``uint8 [T, H, W, 3]`` and a severity 1-5 to a corrupted clip.
-Sensor noise is drawn afresh for every frame (a real camera's noise changes frame to frame);
-optical properties — blur kernels, fog, colour cast — are drawn once per clip and held
-constant. Severities were set for 32x32 clips; severity 5 is deliberately harsh (a model
-trained on clean clips should lose well over 15 accuracy points on average).
+Each shift type maps a clip ``uint8 [T, H, W, 3]`` and a severity 1-5 to a shifted clip.
+Seven families (:data:`FAMILIES`): noise, blur, lighting and digital act per pixel (the
+classic suite, :data:`CORRUPTIONS`); temporal shifts change frame timing (dropped, repeated,
+mistimed, smeared, flickering frames); geometric ones change where the camera points and how
+its lens maps the scene; visibility ones change what is seen (occlusion, field of view,
+vignetting, lens dirt, bars). Sensor noise is drawn afresh for every frame (a real camera's
+noise changes frame to frame); optical properties — blur kernels, fog, colour cast, a tilt,
+an occluder — are held constant over a clip, and over a whole device when a ``camera``
+generator is passed (:mod:`shared.data.device_shifts` does). Severities were set for
+32x32 clips; severity 5 is deliberately harsh (a model trained on clean clips should lose
+well over 15 accuracy points on average on the classic suite).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,6 +49,13 @@ def _as_float(frames: np.ndarray) -> np.ndarray:
 
 def _to_uint8(frames: np.ndarray) -> np.ndarray:
     return np.clip(frames * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _warp(x: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Warp float frames [T, H, W, 3] by a 2x3 affine or 3x3 perspective matrix."""
+    size = x.shape[2], x.shape[1]
+    warp = cv2.warpAffine if matrix.shape == (2, 3) else cv2.warpPerspective
+    return np.stack([warp(f, matrix, size, borderMode=cv2.BORDER_REFLECT) for f in x])
 
 
 def _scaled(value: float, frames: np.ndarray) -> float:
@@ -86,9 +100,14 @@ def defocus_blur(frames: np.ndarray, severity: int, rng: np.random.Generator) ->
     return _filter_frames(frames, kernel / kernel.sum())
 
 
-def motion_blur(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def motion_blur(
+    frames: np.ndarray,
+    severity: int,
+    rng: np.random.Generator,
+    camera: np.random.Generator | None = None,
+) -> np.ndarray:
     length = _scaled(_MOTION_LENGTH[severity - 1], frames)
-    angle = rng.uniform(0.0, 180.0)  # one shake direction per clip (a camera property)
+    angle = (camera or rng).uniform(0.0, 180.0)  # one shake direction per clip (a camera property)
     half = int(np.ceil(length / 2))
     kernel = np.zeros((2 * half + 1, 2 * half + 1), dtype=np.float32)
     cv2.line(kernel, (0, half), (2 * half, half), 1.0, 1)
@@ -120,11 +139,17 @@ def _cloud_layer(rng: np.random.Generator, size: int) -> np.ndarray:
     return field / max(float(field.max()), 1e-6)
 
 
-def fog(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def fog(
+    frames: np.ndarray,
+    severity: int,
+    rng: np.random.Generator,
+    camera: np.random.Generator | None = None,
+) -> np.ndarray:
     x = _as_float(frames)
     strength = _FOG_STRENGTH[severity - 1]
-    layer = (0.6 + 0.4 * _cloud_layer(rng, frames.shape[1]))[None, :, :, None]
-    weight = strength * (0.7 + 0.3 * _cloud_layer(rng, frames.shape[1]))[None, :, :, None]
+    camera = camera or rng
+    layer = (0.6 + 0.4 * _cloud_layer(camera, frames.shape[1]))[None, :, :, None]
+    weight = strength * (0.7 + 0.3 * _cloud_layer(camera, frames.shape[1]))[None, :, :, None]
     return _to_uint8(x * (1 - weight) + layer * weight)
 
 
@@ -153,14 +178,249 @@ def jpeg_compression(frames: np.ndarray, severity: int, rng: np.random.Generator
     return np.stack(out)
 
 
-def colour_cast(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
-    """A wrong white balance: per-channel gains drawn once per clip."""
+def colour_cast(
+    frames: np.ndarray,
+    severity: int,
+    rng: np.random.Generator,
+    camera: np.random.Generator | None = None,
+) -> np.ndarray:
+    """A wrong white balance: per-channel gains drawn once per clip (or per camera)."""
     deviation = _COLOUR_CAST[severity - 1]
-    gains = 1.0 + deviation * rng.choice([-1.0, 1.0], size=3) * rng.uniform(0.6, 1.0, size=3)
+    camera = camera or rng
+    gains = 1.0 + deviation * camera.choice([-1.0, 1.0], size=3) * camera.uniform(0.6, 1.0, size=3)
     return _to_uint8(_as_float(frames) * gains.astype(np.float32))
 
 
-_CORRUPTION_FUNCTIONS: dict[str, Callable[[np.ndarray, int, np.random.Generator], np.ndarray]] = {
+# --- blur (held out for testing) -------------------------------------------------------------
+
+_ZOOM_BLUR_SPAN = (0.15, 0.28, 0.42, 0.58, 0.8)  # relative zoom range averaged over
+
+
+def zoom_blur(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """A zoom during the exposure: the mean of the frame rescaled about its centre."""
+    x = _as_float(frames)
+    size = frames.shape[1]
+    out = np.zeros_like(x)
+    zooms = np.linspace(1.0, 1.0 + _ZOOM_BLUR_SPAN[severity - 1], 6)
+    for zoom in zooms:
+        matrix = cv2.getRotationMatrix2D((size / 2 - 0.5, size / 2 - 0.5), 0.0, float(zoom))
+        out += _warp(x, matrix)
+    return _to_uint8(out / len(zooms))
+
+
+# --- temporal: frame timing ------------------------------------------------------------------
+# A clip is T frames at a nominal rate; real cameras drop, repeat and mistime frames, smear
+# them over a long exposure, and flicker under mains lighting.
+
+_FRAME_HOLD = (1.35, 1.7, 2.0, 2.6, 3.2)  # nominal frames per captured frame (a lower rate)
+_STUTTER_PROBABILITY = (0.15, 0.25, 0.38, 0.5, 0.62)  # chance a frame repeats the previous one
+_JITTER_PROBABILITY = (0.2, 0.35, 0.5, 0.65, 0.8)  # chance a frame comes from a neighbour
+_GHOST_WEIGHT = (0.5, 0.63, 0.74, 0.84, 0.92)  # weight of the previous (smeared) frame
+_FLICKER_AMPLITUDE = (0.08, 0.14, 0.22, 0.3, 0.4)  # std of the per-frame exposure gain
+
+
+def frame_drop(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """A lower, fixed capture rate: each captured frame is held for ``hold`` nominal frames."""
+    hold = _FRAME_HOLD[severity - 1]
+    phase = rng.uniform(0.0, hold)
+    source = np.floor(np.floor((np.arange(len(frames)) + phase) / hold) * hold - phase)
+    return frames[np.clip(source, 0, len(frames) - 1).astype(int)].copy()
+
+
+def frame_stutter(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """Irregular frame repeats (a busy encoder): some frames show the previous one again."""
+    source = np.arange(len(frames))
+    for t in range(1, len(frames)):
+        if rng.random() < _STUTTER_PROBABILITY[severity - 1]:
+            source[t] = source[t - 1]
+    return frames[source].copy()
+
+
+def frame_jitter(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """Wrong timestamps: some frames are taken one or two steps early or late."""
+    offsets = rng.choice([-2, -1, 1, 2], size=len(frames))
+    hit = rng.random(len(frames)) < _JITTER_PROBABILITY[severity - 1]
+    source = np.clip(np.arange(len(frames)) + offsets * hit, 0, len(frames) - 1)
+    return frames[source].copy()
+
+
+def ghosting(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """A long exposure / slow sensor: each frame keeps a trace of the previous ones."""
+    x = _as_float(frames)
+    weight = _GHOST_WEIGHT[severity - 1]
+    for t in range(1, len(x)):
+        x[t] = (1.0 - weight) * x[t] + weight * x[t - 1]
+    return _to_uint8(x)
+
+
+def flicker(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """Exposure that changes frame to frame (mains-powered lighting, auto-exposure hunting)."""
+    gains = 1.0 + _FLICKER_AMPLITUDE[severity - 1] * rng.standard_normal(len(frames))
+    return _to_uint8(_as_float(frames) * gains[:, None, None, None].astype(np.float32))
+
+
+# --- geometric: where the camera points and how its lens maps the scene ----------------------
+# Properties of the mounted camera, so drawn from ``camera`` (constant on one device).
+
+_ROTATION_DEG = (8.0, 15.0, 22.0, 30.0, 38.0)  # roll of the camera
+_PERSPECTIVE = (0.1, 0.17, 0.24, 0.32, 0.4)  # corner displacement, fraction of the side
+_TRANSLATION = (0.06, 0.11, 0.16, 0.22, 0.28)  # offset, fraction of the side
+_BARREL_K = (0.3, 0.6, 0.9, 1.25, 1.7)  # radial distortion coefficient
+_SHAKE_PX = (0.5, 0.9, 1.4, 2.0, 2.8)  # per-frame jitter std, pixels at 32x32
+
+
+def rotation(
+    frames: np.ndarray,
+    severity: int,
+    rng: np.random.Generator,
+    camera: np.random.Generator | None = None,
+) -> np.ndarray:
+    """A camera mounted with a roll (a tilted horizon)."""
+    angle = _ROTATION_DEG[severity - 1] * (camera or rng).choice([-1.0, 1.0])
+    centre = (frames.shape[2] / 2 - 0.5, frames.shape[1] / 2 - 0.5)
+    return _to_uint8(_warp(_as_float(frames), cv2.getRotationMatrix2D(centre, angle, 1.0)))
+
+
+def perspective(
+    frames: np.ndarray,
+    severity: int,
+    rng: np.random.Generator,
+    camera: np.random.Generator | None = None,
+) -> np.ndarray:
+    """A camera looking at the scene at an angle (keystone)."""
+    side = frames.shape[1]
+    corners = np.float32([[0, 0], [side, 0], [side, side], [0, side]])
+    moved = corners + (camera or rng).uniform(-1.0, 1.0, (4, 2)).astype(np.float32) * (
+        _PERSPECTIVE[severity - 1] * side
+    )
+    matrix = cv2.getPerspectiveTransform(corners, moved.astype(np.float32))
+    return _to_uint8(_warp(_as_float(frames), matrix))
+
+
+def translation(
+    frames: np.ndarray,
+    severity: int,
+    rng: np.random.Generator,
+    camera: np.random.Generator | None = None,
+) -> np.ndarray:
+    """A camera aimed off-centre: the scene is shifted (edges reflected)."""
+    angle = (camera or rng).uniform(0.0, 2 * np.pi)
+    offset = _TRANSLATION[severity - 1] * frames.shape[1]
+    matrix = np.float32([[1, 0, offset * np.cos(angle)], [0, 1, offset * np.sin(angle)]])
+    return _to_uint8(_warp(_as_float(frames), matrix))
+
+
+def barrel_distortion(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """A wide-angle lens: straight lines bow outwards."""
+    side = frames.shape[1]
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
+    u, v = (xx - side / 2 + 0.5) / (side / 2), (yy - side / 2 + 0.5) / (side / 2)
+    factor = 1.0 + _BARREL_K[severity - 1] * (u**2 + v**2)
+    factor /= 1.0 + _BARREL_K[severity - 1]  # corners stay in the frame
+    map_x = u * factor * (side / 2) + side / 2 - 0.5
+    map_y = v * factor * (side / 2) + side / 2 - 0.5
+    x = _as_float(frames)
+    out = [cv2.remap(f, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT) for f in x]
+    return _to_uint8(np.stack(out))
+
+
+def camera_shake(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """A hand-held or wind-blown camera: a small random translation in every frame."""
+    x = _as_float(frames)
+    shifts = rng.normal(0.0, _scaled(_SHAKE_PX[severity - 1], frames), (len(x), 2))
+    out = [
+        _warp(f[None], np.float32([[1, 0, dx], [0, 1, dy]]))[0]
+        for f, (dx, dy) in zip(x, shifts, strict=True)
+    ]
+    return _to_uint8(np.stack(out))
+
+
+# --- visibility: what the camera can see -----------------------------------------------------
+
+_OCCLUDED_FRACTION = (0.06, 0.12, 0.2, 0.28, 0.38)  # area hidden by a static object
+_FIELD_OF_VIEW = (0.8, 0.7, 0.6, 0.5, 0.42)  # fraction of the side still visible (zoom-in)
+_VIGNETTE = (0.6, 0.9, 1.2, 1.5, 1.9)  # darkening at the corners
+_DIRT_SPOTS = (3, 5, 7, 9, 12)  # smudges on the lens
+_LETTERBOX = (0.1, 0.16, 0.22, 0.28, 0.34)  # fraction of the side masked on each border
+
+
+def occlusion(
+    frames: np.ndarray,
+    severity: int,
+    rng: np.random.Generator,
+    camera: np.random.Generator | None = None,
+) -> np.ndarray:
+    """A static object in front of the camera (a post, a sign): one opaque block."""
+    camera = camera or rng
+    side = frames.shape[1]
+    area = _OCCLUDED_FRACTION[severity - 1] * side * side
+    aspect = camera.uniform(0.5, 2.0)
+    height = int(np.clip(round(np.sqrt(area * aspect)), 1, side))
+    width = int(np.clip(round(area / height), 1, side))
+    top, left = camera.integers(0, side - height + 1), camera.integers(0, side - width + 1)
+    out = frames.copy()
+    out[:, top : top + height, left : left + width] = camera.integers(0, 256, 3, dtype=np.uint8)
+    return out
+
+
+def narrow_field_of_view(
+    frames: np.ndarray,
+    severity: int,
+    rng: np.random.Generator,
+    camera: np.random.Generator | None = None,
+) -> np.ndarray:
+    """A longer lens or a digital zoom: only an off-centre part of the scene, enlarged."""
+    side = frames.shape[1]
+    crop = max(4, round(side * _FIELD_OF_VIEW[severity - 1]))
+    camera = camera or rng
+    top, left = camera.integers(0, side - crop + 1, size=2)
+    return np.stack(
+        [
+            cv2.resize(f[top : top + crop, left : left + crop], (side, side), cv2.INTER_LINEAR)
+            for f in frames
+        ]
+    )
+
+
+def vignette(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """A lens that darkens towards the corners."""
+    side = frames.shape[1]
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
+    radius = np.hypot(xx - side / 2 + 0.5, yy - side / 2 + 0.5) / (side / np.sqrt(2))
+    gain = np.clip(1.0 - _VIGNETTE[severity - 1] * radius**2, 0.0, 1.0)
+    return _to_uint8(_as_float(frames) * gain[None, :, :, None])
+
+
+def lens_dirt(
+    frames: np.ndarray,
+    severity: int,
+    rng: np.random.Generator,
+    camera: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Smudges on the lens: soft, semi-opaque dark blobs fixed in the image."""
+    camera = camera or rng
+    side = frames.shape[1]
+    alpha = np.zeros((side, side), np.float32)
+    for _ in range(_DIRT_SPOTS[severity - 1]):
+        centre = tuple(int(v) for v in camera.integers(0, side, 2))
+        radius = max(1, int(camera.uniform(0.12, 0.28) * side))
+        cv2.circle(alpha, centre, radius, float(camera.uniform(0.6, 0.95)), -1)
+    alpha = cv2.GaussianBlur(alpha, (0, 0), sigmaX=max(0.5, side / 24))[None, :, :, None]
+    return _to_uint8(_as_float(frames) * (1.0 - alpha) + 0.15 * alpha)
+
+
+def letterbox(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """A housing or a wrong aspect ratio: black bars hide two opposite borders."""
+    side = frames.shape[1]
+    bar = max(1, round(_LETTERBOX[severity - 1] * side))
+    out = frames.copy()
+    out[:, :bar], out[:, side - bar :] = 0, 0
+    return out
+
+
+CorruptionFn = Callable[..., np.ndarray]
+
+_CORRUPTION_FUNCTIONS: dict[str, CorruptionFn] = {
     "gaussian_noise": gaussian_noise,
     "shot_noise": shot_noise,
     "impulse_noise": impulse_noise,
@@ -174,14 +434,40 @@ _CORRUPTION_FUNCTIONS: dict[str, Callable[[np.ndarray, int, np.random.Generator]
     "jpeg_compression": jpeg_compression,
     "colour_cast": colour_cast,
 }
+#: The classic per-pixel suite (photometric, noise, blur, digital). Device profiles, the
+#: evaluation's device-shift table and the CLI use these; :data:`SHIFT_TYPES` has them all.
 CORRUPTIONS: tuple[str, ...] = tuple(_CORRUPTION_FUNCTIONS)
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 
+#: Every camera shift type by family. The split of families and types into train /
+#: validation / test lives in :mod:`shared.data.device_shifts`.
+FAMILIES: dict[str, tuple[CorruptionFn, ...]] = {
+    "noise": (gaussian_noise, shot_noise, impulse_noise, speckle_noise),
+    "blur": (defocus_blur, motion_blur, zoom_blur),
+    "lighting": (brightness, contrast, fog, colour_cast),
+    "digital": (pixelate, jpeg_compression),
+    "temporal": (frame_drop, frame_stutter, frame_jitter, ghosting, flicker),
+    "geometric": (rotation, perspective, translation, barrel_distortion, camera_shake),
+    "visibility": (occlusion, narrow_field_of_view, vignette, lens_dirt, letterbox),
+}
+_SHIFT_FUNCTIONS: dict[str, CorruptionFn] = {
+    fn.__name__: fn for functions in FAMILIES.values() for fn in functions
+}
+SHIFT_TYPES: tuple[str, ...] = tuple(_SHIFT_FUNCTIONS)
+FAMILY_OF: dict[str, str] = {
+    fn.__name__: family for family, functions in FAMILIES.items() for fn in functions
+}
+#: Types that draw camera properties (angle, position, gains): given a ``camera`` generator
+#: they draw them from it, so one device keeps them constant over its clips.
+CAMERA_PROPERTY_TYPES: frozenset[str] = frozenset(
+    name for name, fn in _SHIFT_FUNCTIONS.items() if "camera" in inspect.signature(fn).parameters
+)
+
 
 def _check(corruption: str, severity: int) -> None:
-    if corruption not in _CORRUPTION_FUNCTIONS:
+    if corruption not in _SHIFT_FUNCTIONS:
         raise ValueError(
-            f"unknown corruption {corruption!r}; valid corruptions: {', '.join(CORRUPTIONS)}"
+            f"unknown corruption {corruption!r}; valid corruptions: {', '.join(SHIFT_TYPES)}"
         )
     if isinstance(severity, bool) or not isinstance(severity, int | np.integer):
         raise TypeError(f"severity must be an int in 1..5, got {type(severity).__name__}")
@@ -190,14 +476,25 @@ def _check(corruption: str, severity: int) -> None:
 
 
 def corrupt_clip(
-    frames: np.ndarray, corruption: str, severity: int, rng: np.random.Generator
+    frames: np.ndarray,
+    corruption: str,
+    severity: int,
+    rng: np.random.Generator,
+    camera: np.random.Generator | None = None,
 ) -> np.ndarray:
-    """Corrupt one clip uint8 [T, H, W, 3] -> uint8 [T, H, W, 3] (same shape)."""
+    """Corrupt one clip uint8 [T, H, W, 3] -> uint8 [T, H, W, 3] (same shape).
+
+    ``rng`` draws what changes clip to clip; ``camera`` (default: ``rng``) draws the
+    camera's fixed properties for the types in :data:`CAMERA_PROPERTY_TYPES`.
+    """
     _check(corruption, severity)
     validate_clip(frames)
     if frames.ndim != 4:
         raise ValueError(f"corrupt_clip takes one clip [T, H, W, 3], got {tuple(frames.shape)}")
-    return _CORRUPTION_FUNCTIONS[corruption](frames, int(severity), rng)
+    function = _SHIFT_FUNCTIONS[corruption]
+    if camera is not None and corruption in CAMERA_PROPERTY_TYPES:
+        return function(frames, int(severity), rng, camera=camera)
+    return function(frames, int(severity), rng)
 
 
 def corrupt_clipset(clipset: ClipSet, corruption: str, severity: int, seed: int = 0) -> ClipSet:

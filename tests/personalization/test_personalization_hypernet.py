@@ -12,6 +12,7 @@ from shared.hypernet import (
     hypernet_from_state,
     hypernet_state,
     personalised_logits,
+    restricted_map,
     split_theta,
 )
 
@@ -87,3 +88,59 @@ def test_state_round_trip_and_bad_state():
     assert torch.equal(copy.theta(z), model.theta(z))
     with pytest.raises(ValueError, match="not a SecDOOD hypernetwork"):
         hypernet_from_state({"format": "other"})
+
+
+def _device_hypernet(correction: str = "theta", seed: int = 0) -> HyperNetwork:
+    """A ``device`` H with a non-zero correction, a reference and a head."""
+    torch.manual_seed(seed)
+    model = HyperNetwork(HyperNetworkConfig(8, 3, "device", hidden_dim=4, correction=correction))
+    model.init_from_head(torch.randn(3, 8), torch.randn(3))
+    model.set_reference(torch.rand(8) * 2.0)
+    with torch.no_grad():
+        model.up.weight.normal_(0.0, 0.3)
+        model.up.bias.normal_(0.0, 0.3)
+    return model.eval()
+
+
+def test_untrained_device_hypernetwork_is_the_global_head():
+    model = HyperNetwork(HyperNetworkConfig(8, 3, "device", hidden_dim=4)).eval()
+    weight, bias = torch.randn(3, 8), torch.randn(3)
+    model.init_from_head(weight, bias)
+    kernel, head_bias = model(model.masked_input(torch.rand(5, 8), torch.ones(5, 8)))
+    assert torch.allclose(kernel, weight.T.expand(5, 8, 3)) and torch.allclose(
+        head_bias, bias.expand(5, 3)
+    )
+
+
+@pytest.mark.parametrize("correction", ["theta", "bias"])
+def test_device_affine_map_and_restricted_map_equal_the_module(correction):
+    model = _device_hypernet(correction)
+    a, c = model.affine_map()
+    u = torch.rand(6, 8).double() * 3.0
+    keep = torch.tensor([1, 4, 6])
+    mask = torch.zeros(6, 8, dtype=torch.float64)
+    mask[:, keep] = 1.0
+    expected = model.theta(model.masked_input(u.float(), mask.float())).double()
+    rows, offset = restricted_map(
+        a.numpy(), c.numpy(), model.reference.double().numpy(), keep.numpy()
+    )
+    got = torch.from_numpy(u[:, keep].numpy() @ rows + offset)
+    assert torch.allclose(got, expected, atol=1e-5)
+    if correction == "bias":  # only the bias moves away from the head
+        assert torch.allclose(got[:, :24], model.head_theta[:24].double().expand(6, 24), atol=1e-6)
+        assert not torch.allclose(
+            got[:, 24:], model.head_theta[24:].double().expand(6, 3), atol=1e-3
+        )
+
+
+def test_device_state_round_trip_and_version_1_states_load():
+    model = _device_hypernet("bias")
+    copy = hypernet_from_state(hypernet_state(model))
+    x = torch.rand(2, 8)
+    assert torch.equal(copy.theta(x), model.theta(x)) and torch.equal(
+        copy.reference, model.reference
+    )
+    old = hypernet_state(make_hypernet(8, 3))
+    old["format_version"] = 1
+    del old["state_dict"]["reference"]  # version 1 had none: zero, the paper's masking
+    assert torch.equal(hypernet_from_state(old).reference, torch.zeros(8))

@@ -1,0 +1,135 @@
+"""A cheap device-side guard: use the personalised head only while it behaves as at refresh.
+
+The HyperNetwork can be wrong for a camera unlike any it was trained on, and the device
+has no labels to notice. Two label-free checks, each a handful of matrix products on
+embeddings the device already has:
+
+1. **At refresh** (:meth:`HeadGuard.refresh`): on the window Θ was computed from, the
+   personalised head must be at least as confident as the global head — mean maximum
+   softmax probability ``msp(Θ) ≥ msp(global) − confidence_slack``. A head that makes the
+   device's own recent clips *less* certain than the untouched global head has most
+   likely moved the decision boundaries the wrong way; the guard then falls back to the
+   global head until the next refresh.
+2. **Between refreshes** (:meth:`HeadGuard.logits`): the fraction of clips on which the
+   personalised and global heads pick different classes is recorded at refresh; when, on
+   the current window, it exceeds that reference by more than ``disagreement_margin``,
+   the stream has changed in a way the cached Θ was not computed for. ``mode="fallback"``
+   then serves the global head; ``mode="blend"`` mixes the two logits with a weight on
+   the global head that grows from 0 at the margin to 1 at twice the margin.
+
+Costs: two [W, D] × [D, C] products per check (W = window, C = classes); no network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from shared.hypernet import personalised_logits
+
+GuardMode = Literal["fallback", "blend"]
+
+
+@dataclass(frozen=True)
+class GuardState:
+    """What the guard decided at the last refresh / check (for reports and telemetry)."""
+
+    trusted: bool
+    reference_disagreement: float
+    disagreement: float
+    global_weight: float
+    msp_personalised: float
+    msp_global: float
+
+
+def mean_msp(logits: torch.Tensor) -> float:
+    """Mean maximum softmax probability of logits [N, C]."""
+    return float(torch.softmax(logits, dim=1).max(dim=1).values.mean())
+
+
+def disagreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fraction of rows on which two logit sets [N, C] pick different classes."""
+    return float((a.argmax(1) != b.argmax(1)).double().mean())
+
+
+class HeadGuard:
+    """Decides per call whether the device serves the personalised or the global head."""
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        mode: GuardMode = "fallback",
+        confidence_slack: float = 0.0,
+        disagreement_margin: float = 0.15,
+    ) -> None:
+        if mode not in ("fallback", "blend"):
+            raise ValueError(f"mode must be 'fallback' or 'blend', got {mode!r}")
+        if weight.ndim != 2 or bias.shape != (weight.shape[0],):
+            raise ValueError(
+                f"global head must be weight [C, D] and bias [C], got {list(weight.shape)} "
+                f"and {list(bias.shape)}"
+            )
+        if not 0.0 < disagreement_margin <= 1.0 or confidence_slack < 0.0:
+            raise ValueError("disagreement_margin must be in (0, 1] and confidence_slack >= 0")
+        self.weight = weight.double()
+        self.bias = bias.double()
+        self.mode: GuardMode = mode
+        self.confidence_slack = confidence_slack
+        self.disagreement_margin = disagreement_margin
+        self.state: GuardState | None = None
+        self._theta: torch.Tensor | None = None
+
+    def _both(self, z: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._theta is None:
+            raise RuntimeError("call refresh() with the new Θ before asking for logits")
+        z = torch.as_tensor(np.asarray(z, dtype=np.float64))
+        if z.ndim != 2 or z.shape[1] != self.weight.shape[1]:
+            raise ValueError(f"z must be [N, {self.weight.shape[1]}], got {list(z.shape)}")
+        personal = personalised_logits(z, self._theta, self.weight.shape[0])
+        return personal, z @ self.weight.T + self.bias
+
+    def refresh(self, window: np.ndarray | torch.Tensor, theta: np.ndarray) -> GuardState:
+        """Check a new Θ on the window it came from; remember the disagreement there."""
+        self._theta = torch.as_tensor(np.asarray(theta, dtype=np.float64))
+        personal, global_ = self._both(window)
+        msp_p, msp_g = mean_msp(personal), mean_msp(global_)
+        trusted = msp_p >= msp_g - self.confidence_slack
+        rate = disagreement(personal, global_)
+        self.state = GuardState(trusted, rate, rate, 0.0 if trusted else 1.0, msp_p, msp_g)
+        return self.state
+
+    def global_weight(self, window: np.ndarray | torch.Tensor) -> float:
+        """Weight of the global head for the current window (0 = personalised only)."""
+        if self.state is None:
+            raise RuntimeError("call refresh() with the new Θ before checking a window")
+        if not self.state.trusted:
+            return 1.0
+        personal, global_ = self._both(window)
+        rate = disagreement(personal, global_)
+        excess = rate - self.state.reference_disagreement - self.disagreement_margin
+        if self.mode == "fallback":
+            weight = 1.0 if excess > 0 else 0.0
+        else:
+            weight = float(np.clip(excess / self.disagreement_margin, 0.0, 1.0))
+        self.state = GuardState(
+            True,
+            self.state.reference_disagreement,
+            rate,
+            weight,
+            self.state.msp_personalised,
+            self.state.msp_global,
+        )
+        return weight
+
+    def logits(
+        self, z: np.ndarray | torch.Tensor, window: np.ndarray | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits [N, C] for z [N, D]: personalised, global or a blend (checked on ``window``,
+        default: z itself)."""
+        weight = self.global_weight(z if window is None else window)
+        personal, global_ = self._both(z)
+        return (1.0 - weight) * personal + weight * global_

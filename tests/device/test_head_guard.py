@@ -1,0 +1,79 @@
+"""device_client.head_guard: fallback / blend decisions from label-free checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from device_client.head_guard import HeadGuard, disagreement
+
+D, C = 6, 3
+
+
+def _head():
+    weight = torch.eye(C, D) * 4.0
+    return weight, torch.zeros(C)
+
+
+def _theta(weight: torch.Tensor, bias: torch.Tensor) -> np.ndarray:
+    return torch.cat([weight.T.reshape(-1), bias]).double().numpy()
+
+
+def _clips(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0.0, 0.1, (n, D))
+    z[np.arange(n), np.arange(n) % C] += 1.0  # class k lights up channel k
+    return z
+
+
+def test_a_sharper_equivalent_head_is_trusted_and_served():
+    weight, bias = _head()
+    guard = HeadGuard(weight, bias)
+    theta = _theta(weight * 2.0, bias)  # same decisions, more confident
+    state = guard.refresh(_clips(60), theta)
+    assert state.trusted and state.reference_disagreement == 0.0
+    z = _clips(10, seed=1)
+    expected = torch.from_numpy(z) @ (weight * 2.0).double().T
+    assert torch.allclose(guard.logits(z), expected)
+
+
+def test_a_head_less_confident_than_global_falls_back_at_refresh():
+    weight, bias = _head()
+    guard = HeadGuard(weight, bias)
+    state = guard.refresh(_clips(60), _theta(weight.roll(1, 0) * 0.2, bias))  # wrong and unsure
+    assert not state.trusted and state.msp_personalised < state.msp_global
+    z = _clips(10, seed=1)
+    assert torch.allclose(guard.logits(z), torch.from_numpy(z) @ weight.double().T)
+
+
+def test_disagreement_beyond_the_reference_falls_back_or_blends():
+    weight, bias = _head()
+    swapped = weight.clone()
+    swapped[[0, 1]] = weight[[1, 0]] * 1.5  # classes 0 and 1 swapped, confident
+    theta = _theta(swapped, bias)
+    window = _clips(60) * np.array([0, 0, 1, 1, 1, 1.0])  # at refresh: only class-2 clips count
+    window[:, 2] += 1.0
+    for mode, expected_weight in (("fallback", 1.0), ("blend", 1.0)):
+        guard = HeadGuard(weight, bias, mode=mode, disagreement_margin=0.2)
+        state = guard.refresh(window, theta)
+        assert state.trusted and state.reference_disagreement == 0.0
+        later = _clips(60, seed=2)  # now two thirds of the clips are classes 0/1: disagreement
+        assert guard.global_weight(later) == pytest.approx(expected_weight)
+        assert guard.state is not None and guard.state.disagreement > 0.6
+    blend = HeadGuard(weight, bias, mode="blend", disagreement_margin=0.5)
+    blend.refresh(window, theta)
+    assert 0.0 < blend.global_weight(later) < 1.0
+
+
+def test_bad_use_is_refused():
+    weight, bias = _head()
+    guard = HeadGuard(weight, bias)
+    with pytest.raises(RuntimeError, match="refresh"):
+        guard.logits(_clips(4))
+    with pytest.raises(ValueError, match="mode"):
+        HeadGuard(weight, bias, mode="mean")
+    guard.refresh(_clips(8), _theta(weight, bias))
+    with pytest.raises(ValueError, match=r"\[N, 6\]"):
+        guard.logits(np.zeros((2, 5)))
+    assert disagreement(torch.eye(3), torch.eye(3)) == 0.0
