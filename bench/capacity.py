@@ -61,7 +61,7 @@ LEVELS = {"full": (1, 4, 16, 64), "quick": (1, 4, 16)}
 MIN_PER_DEVICE = {"full": 4, "quick": 2}
 MIN_PER_LEVEL = {"full": 64, "quick": 24}
 #: room for 64 parsed contexts (≈ 19 MB each): a deployment sizes this to its fleet
-CONTEXT_CACHE_MB = 2048
+CONTEXT_CACHE_BYTES = 2048 * 1024 * 1024
 
 
 def memory_mib(pid: int) -> tuple[float, float]:
@@ -114,7 +114,7 @@ def measure(workers: int, levels: tuple[int, ...], mode: str, setup: dict[str, A
         data_dir = Path(temp) / "data"
         register_artifact(data_dir, bundle_to_bytes(untrained_base_bundle()))
         register_artifact(data_dir, setup["hypernet"], DEFAULT_HYPERNET)
-        update = {"he_workers": workers, "he_context_cache_mb": CONTEXT_CACHE_MB}
+        update = {"he_workers": workers, "context_cache_bytes": CONTEXT_CACHE_BYTES}
         settings = bench_settings(data_dir).model_copy(update=update)
         with serve(settings) as service:
             print(f"[{workers} workers] enrolling {devices} devices ...", flush=True)
@@ -256,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Both configurations side by side in one run: HE in the gRPC threads (SEAL holds "
         f"the GIL: one core at a time) and one HE worker process per core "
         f"(`SECDOOD_HE_WORKERS`). Contexts are parsed at upload and kept in byte-bounded "
-        f"caches (`SECDOOD_HE_CONTEXT_CACHE_MB` = {CONTEXT_CACHE_MB}, room for 64 "
-        f"devices); RSS is the server and its workers. Encrypted vs "
+        f"caches (`SECDOOD_CONTEXT_CACHE_BYTES` = {CONTEXT_CACHE_BYTES >> 20} MiB, room "
+        f"for 64 devices); RSS is the server and its workers. Encrypted vs "
         f"plaintext logits: max gap {max(gaps):.1e}. The machine was shared with other jobs "
         f"while this ran: absolute rates are low and noisy.\n\n"
         f"{markdown_table(headers, rows)}"

@@ -12,9 +12,9 @@ giant-step diagonals, about a sixth of the key switches of TenSEAL's ``matmul``)
 What can be prepared once is: a device's public context is parsed when it is
 uploaded (:meth:`PersonalizationService.keep_context`) and kept parsed; the
 plaintext diagonals of H's selected rows are encoded once per (H version, CKKS
-parameters, selection). Both caches are LRUs bounded in bytes. The cloud holds
-only public material: it can compute on the ciphertext but cannot decrypt the
-input or the result. Plaintext mode runs the same restricted map on numbers.
+parameters, selection). Both caches are LRUs bounded by memory (bytes), not by
+count. The cloud holds only public material: it can compute on the ciphertext but
+cannot decrypt the input or the result. Plaintext mode runs the same restricted map on numbers.
 Nothing here writes to the registry, so a refused request leaves server state
 unchanged.
 """
@@ -40,8 +40,9 @@ from shared.hypernet import HyperNetworkConfig, hypernet_from_state, restricted_
 from shared.model_names import HYPERNETWORK
 
 DEFAULT_HYPERNET = HYPERNETWORK
-#: memory for parsed public contexts (≈ 19 MB each at N = 8192, [60, 40, 60])
-MAX_CONTEXT_BYTES = 512 * 1024 * 1024
+#: memory for parsed public contexts (``SECDOOD_CONTEXT_CACHE_BYTES``; ≈ 19 MB each at
+#: N = 8192, [60, 40, 60])
+DEFAULT_CONTEXT_CACHE_BYTES = 1024 * 1024 * 1024
 #: memory for encoded diagonals of selected rows (≈ 4 MB per selection of 32 rows)
 MAX_ENCODED_ROWS_BYTES = 128 * 1024 * 1024
 NO_CONTEXT = (
@@ -104,23 +105,25 @@ class PersonalizationService:
     def __init__(
         self,
         registry: Registry,
-        max_context_bytes: int = MAX_CONTEXT_BYTES,
+        context_cache_bytes: int = DEFAULT_CONTEXT_CACHE_BYTES,
         max_encoded_rows_bytes: int = MAX_ENCODED_ROWS_BYTES,
         workers: int = 0,
     ) -> None:
-        """``workers`` > 0 evaluates in that many processes (:mod:`server.he_pool`), which
+        """``context_cache_bytes`` bounds the parsed contexts (split evenly over workers).
+
+        ``workers`` > 0 evaluates in that many processes (:mod:`server.he_pool`), which
         then hold the parsed contexts and encoded rows; 0 evaluates in the calling thread."""
         self._registry = registry
         self._pool = (
             HEWorkerPool(
-                workers, registry.artifacts.root, max_context_bytes, max_encoded_rows_bytes
+                workers, registry.artifacts.root, context_cache_bytes, max_encoded_rows_bytes
             )
             if workers
             else None
         )
         self._hypernets: dict[str, FoldedHyperNet] = {}
         self.contexts: BytesBoundedCache[tuple[str, str], EvaluationKeys] = BytesBoundedCache(
-            max_context_bytes, lambda keys: keys.nbytes
+            context_cache_bytes, lambda keys: keys.nbytes
         )
         self.encoded_rows: BytesBoundedCache[tuple[object, ...], EncodedRows] = BytesBoundedCache(
             max_encoded_rows_bytes, lambda rows: rows.nbytes
@@ -190,6 +193,11 @@ class PersonalizationService:
             encoded = encode_rows(keys, rows, offset)
             self.encoded_rows.put(cache_key, encoded)
         return encoded
+
+    def cached_context_bytes(self) -> int:
+        """Estimated memory held by contexts cached in this process (at most the budget,
+        or one context); with workers the contexts live in the workers instead."""
+        return self.contexts.nbytes
 
     def personalize(self, device_id: str, query: PersonalizeQuery) -> PersonalizeAnswer:
         """Validate ``query`` and compute Θ with H restricted to ``indices`` (encrypted or plain).

@@ -15,7 +15,7 @@ from server.gateway.errors import GatewayError
 PRIVATE_CONTEXT = "context contains a secret key; upload only the public context"
 
 
-def check_public_ckks_context(data: bytes) -> EvaluationKeys:
+def check_public_ckks_context(data: bytes | bytearray) -> EvaluationKeys:
     """Parse ``data`` as a public CKKS context, else raise ``INVALID_ARGUMENT``.
 
     ``data`` is what ``ctx.serialize()`` returns on the device after
