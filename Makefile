@@ -50,6 +50,9 @@ bench: proto
 	$(BIN)/python -m bench.newcomer --quick
 	$(BIN)/python -m bench.device --quick
 	$(BIN)/python -m bench.service --quick
+	$(BIN)/python -m bench.personalization_latency --quick
+	$(BIN)/python -m bench.capacity --quick
+	$(BIN)/python -m bench.device_latency --quick
 	$(BIN)/python -m bench.methods --quick
 	$(BIN)/python -m bench.zoodip --quick
 

@@ -194,7 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--adapt-layers", type=int, default=3, choices=range(0, 4), help="conv BNs per stream"
     )
-    run.add_argument("--engine", help="quantised engine (default: qnnpack on ARM, else x86)")
+    run.add_argument(
+        "--engine",
+        default="auto",
+        help="quantised engine: x86, fbgemm, onednn, qnnpack, or auto (default: the fastest "
+        "on this CPU, measured at load)",
+    )
     run.add_argument("--model", metavar="FILE", help="score with this artifact file instead")
     run.add_argument(
         "--personalize",

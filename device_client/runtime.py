@@ -35,6 +35,7 @@ from shared.data.flow import compute_flow_batch
 from shared.data.tensors import flow_to_tensor, frames_to_tensor
 from shared.models.checkpoint import ModelBundle, bundle_from_bytes
 from shared.models.int8 import (
+    AUTO_ENGINE,
     N_BLOCKS,
     STREAMS,
     adapted_block_names,
@@ -89,13 +90,14 @@ def load_model(
     int8: bool | None = None,
     tau: float = 0.9,
     lam: float = 0.9,
-    engine: str | None = None,
+    engine: str | None = AUTO_ENGINE,
 ) -> ModelBundle:
     """Load an artifact (path or bytes) and prepare its model for ``adapt``.
 
     ``int8=None`` takes the artifact as it is; True / False insist on that kind and raise a
     ValueError naming the variant to download otherwise. ``engine`` picks the quantised engine
-    (default: qnnpack on ARM, x86 elsewhere).
+    (default ``"auto"``: the fastest on this CPU, measured once per process; None: qnnpack on
+    ARM, x86 elsewhere).
     """
     if adapt not in ADAPT_MODES:
         raise ValueError(f"adapt must be one of {ADAPT_MODES}, got {adapt!r}")
@@ -233,7 +235,7 @@ class DeviceRuntime:
         adapt: str = "none",
         adapt_layers: int = DEFAULT_ADAPT_LAYERS,
         int8: bool | None = None,
-        engine: str | None = None,
+        engine: str | None = AUTO_ENGINE,
         zo_config: ZOStreamConfig | None = None,
     ) -> DeviceRuntime:
         bundle = load_model(source, adapt, adapt_layers, int8=int8, engine=engine)

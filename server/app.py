@@ -177,6 +177,7 @@ class Service:
             host=self.settings.host,
             port=self.settings.rest_port,
             log_level="info",
+            access_log=False,  # the lean one in server.rest.metrics replaces uvicorn's
             timeout_graceful_shutdown=int(GRACE_SECONDS),
             **ssl,
         )

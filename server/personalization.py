@@ -4,16 +4,19 @@ The HyperNetwork is affine in its input (:mod:`shared.hypernet`), Θ = x·A + c 
 x = m ⊙ (u − r), and an unselected channel contributes nothing, so the cloud only needs
 the rows of A for the channels the device selected:
 ``Enc(Θ) = Enc(u[indices]) · A[indices] + (c − r[indices]·A[indices])``
-(:func:`shared.hypernet.restricted_map`) — one vector × plain-matrix product (one
-rotation per selected row, which is why selecting a quarter of the channels costs about
-a quarter of the time).
+(:func:`shared.hypernet.restricted_map`) — one vector × plain-matrix product, cheaper the
+fewer channels are selected.
 
-The cloud holds only the device's *public* context (loaded from the registry
-and cached, since a 35 MB context takes a while to parse; the cache is bounded
-by memory, not by count); it can compute on the
-ciphertext but cannot decrypt the input or the result. Plaintext mode runs the
-same restricted map on numbers. Nothing here writes to the registry, so a
-refused request leaves server state unchanged.
+The product runs on SEAL directly (:mod:`server.ckks_matmul`: baby-step
+giant-step diagonals, about a sixth of the key switches of TenSEAL's ``matmul``).
+What can be prepared once is: a device's public context is parsed when it is
+uploaded (:meth:`PersonalizationService.keep_context`) and kept parsed; the
+plaintext diagonals of H's selected rows are encoded once per (H version, CKKS
+parameters, selection). Both caches are LRUs bounded by memory (bytes), not by
+count. The cloud holds only public material: it can compute on the ciphertext but
+cannot decrypt the input or the result. Plaintext mode runs the same restricted map on numbers.
+Nothing here writes to the registry, so a refused request leaves server state
+unchanged.
 """
 
 from __future__ import annotations
@@ -22,24 +25,26 @@ import hashlib
 import io
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
-import tenseal as ts
 import torch
 
+from server.bytes_cache import BytesBoundedCache
+from server.ckks_matmul import EncodedRows, EvaluationKeys, encode_rows, evaluate, read_vector
+from server.he_pool import HEWorkerPool
 from server.registry import Registry
 from server.registry.records import ModelRecord
 from shared.channel_importance import channel_count, check_alpha, check_indices
-from shared.he import chunk_bounds, ciphertext_from, load_public_context, output_chunk_size
 from shared.hypernet import HyperNetworkConfig, hypernet_from_state, restricted_map
 from shared.model_names import HYPERNETWORK
 
 DEFAULT_HYPERNET = HYPERNETWORK
-#: memory for parsed public contexts; a parsed context takes about its serialised size
-#: (measured: 31 MB parsed for a 35 MB context at N = 8192, so the estimate errs high)
+#: memory for parsed public contexts (``SECDOOD_CONTEXT_CACHE_BYTES``; ≈ 19 MB each at
+#: N = 8192, [60, 40, 60])
 DEFAULT_CONTEXT_CACHE_BYTES = 1024 * 1024 * 1024
+#: memory for encoded diagonals of selected rows (≈ 4 MB per selection of 32 rows)
+MAX_ENCODED_ROWS_BYTES = 128 * 1024 * 1024
 NO_CONTEXT = (
     "no public HE context for this device: upload your public context first (UploadContext)"
 )
@@ -95,17 +100,34 @@ def hypernet_from_artifact(data: bytes) -> torch.nn.Module:
 
 
 class PersonalizationService:
-    """Evaluates registered HyperNetworks for enrolled devices; caches models and contexts."""
+    """Evaluates registered HyperNetworks for enrolled devices; caches models, contexts, rows."""
 
     def __init__(
-        self, registry: Registry, context_cache_bytes: int = DEFAULT_CONTEXT_CACHE_BYTES
+        self,
+        registry: Registry,
+        context_cache_bytes: int = DEFAULT_CONTEXT_CACHE_BYTES,
+        max_encoded_rows_bytes: int = MAX_ENCODED_ROWS_BYTES,
+        workers: int = 0,
     ) -> None:
+        """``context_cache_bytes`` bounds the parsed contexts (split evenly over workers).
+
+        ``workers`` > 0 evaluates in that many processes (:mod:`server.he_pool`), which
+        then hold the parsed contexts and encoded rows; 0 evaluates in the calling thread."""
         self._registry = registry
-        self._cache_bytes = context_cache_bytes
+        self._pool = (
+            HEWorkerPool(
+                workers, registry.artifacts.root, context_cache_bytes, max_encoded_rows_bytes
+            )
+            if workers
+            else None
+        )
         self._hypernets: dict[str, FoldedHyperNet] = {}
-        # (device, sha256) -> (parsed context, its size estimate in bytes), least recent first
-        self._contexts: OrderedDict[tuple[str, str], tuple[ts.Context, int]] = OrderedDict()
-        self._cached_bytes = 0
+        self.contexts: BytesBoundedCache[tuple[str, str], EvaluationKeys] = BytesBoundedCache(
+            context_cache_bytes, lambda keys: keys.nbytes
+        )
+        self.encoded_rows: BytesBoundedCache[tuple[object, ...], EncodedRows] = BytesBoundedCache(
+            max_encoded_rows_bytes, lambda rows: rows.nbytes
+        )
         self._lock = threading.Lock()
 
     def hypernet(self, name: str = DEFAULT_HYPERNET, version: int | None = None) -> FoldedHyperNet:
@@ -123,37 +145,62 @@ class PersonalizationService:
             self._hypernets[record.artifact_sha256] = folded
         return folded
 
-    def device_context(self, device_id: str) -> ts.Context:
-        """The device's current public context, parsed once and kept in an LRU cache.
+    def keep_context(
+        self, device_id: str, sha256: str, keys: EvaluationKeys, data: bytes = b""
+    ) -> None:
+        """Keep a context parsed at upload, so the device's first request need not parse it.
 
-        The cache holds at most ``context_cache_bytes`` of parsed contexts (each
-        estimated by its serialised size); the least recently used leave first.
+        With workers, the device's worker parses ``data`` (its own copy) and ``keys``
+        is dropped.
         """
+        if self._pool is not None:
+            self._pool.keep_context(device_id, sha256, data)
+        else:
+            self.contexts.put((device_id, sha256), keys)
+
+    def close(self) -> None:
+        """Stop the worker processes, if any."""
+        if self._pool is not None:
+            self._pool.close()
+
+    def device_context(self, device_id: str) -> EvaluationKeys:
+        """The device's current public context, parsed at upload (or now, if evicted)."""
         record = self._registry.current_context(device_id)
         if record is None:
             raise MissingContextError(NO_CONTEXT)
-        key = (device_id, record.artifact_sha256)
-        with self._lock:
-            if key in self._contexts:
-                self._contexts.move_to_end(key)
-                return self._contexts[key][0]
-        context = load_public_context(self._registry.artifacts.read_bytes(record.artifact_sha256))
-        with self._lock:
-            if key not in self._contexts:
-                self._contexts[key] = (context, record.size_bytes)
-                self._cached_bytes += record.size_bytes
-            while self._cached_bytes > self._cache_bytes and len(self._contexts) > 1:
-                _, (_, size) = self._contexts.popitem(last=False)
-                self._cached_bytes -= size
-        return context
+        keys = self.contexts.get((device_id, record.artifact_sha256))
+        if keys is not None:
+            return keys
+        data = self._registry.artifacts.read_bytes(record.artifact_sha256)
+        keys = EvaluationKeys.from_public_context(data)
+        self.keep_context(device_id, record.artifact_sha256, keys)
+        return keys
+
+    def rows_for(
+        self,
+        keys: EvaluationKeys,
+        hypernet: FoldedHyperNet,
+        indices: np.ndarray,
+        rows: np.ndarray,
+        offset: np.ndarray,
+    ) -> EncodedRows:
+        """H's restricted map for ``indices`` (``rows``, ``offset``) as plaintext diagonals,
+        encoded once per H version, CKKS parameters and selection."""
+        sha256 = hypernet.record.artifact_sha256
+        cache_key = (sha256, keys.parameters, keys.scale, indices.tobytes())
+        encoded = self.encoded_rows.get(cache_key)
+        if encoded is None:
+            encoded = encode_rows(keys, rows, offset)
+            self.encoded_rows.put(cache_key, encoded)
+        return encoded
 
     def cached_context_bytes(self) -> int:
-        """Estimated memory held by cached contexts (at most the budget, or one context)."""
-        with self._lock:
-            return self._cached_bytes
+        """Estimated memory held by contexts cached in this process (at most the budget,
+        or one context); with workers the contexts live in the workers instead."""
+        return self.contexts.nbytes
 
     def personalize(self, device_id: str, query: PersonalizeQuery) -> PersonalizeAnswer:
-        """Validate ``query`` and compute Θ = z[indices]·A[indices] + c (encrypted or plain).
+        """Validate ``query`` and compute Θ with H restricted to ``indices`` (encrypted or plain).
 
         Raises ValueError/TypeError (→ INVALID_ARGUMENT) for bad input,
         MissingContextError when the device has no context, NotFoundError without H.
@@ -172,7 +219,7 @@ class PersonalizationService:
             raise ValueError("send exactly one of an encrypted or a plain embedding")
         if query.plain is not None:
             return self._plain(hypernet, rows, offset, query.plain)
-        return self._encrypted(device_id, hypernet, rows, offset, query)
+        return self._encrypted(device_id, hypernet, indices, rows, offset, query)
 
     def _plain(
         self, hypernet: FoldedHyperNet, rows: np.ndarray, offset: np.ndarray, plain: np.ndarray
@@ -190,6 +237,7 @@ class PersonalizationService:
         self,
         device_id: str,
         hypernet: FoldedHyperNet,
+        indices: np.ndarray,
         rows: np.ndarray,
         offset: np.ndarray,
         query: PersonalizeQuery,
@@ -200,18 +248,21 @@ class PersonalizationService:
                 "encrypted embedding does not match encrypted_sha256 (corrupted or tampered "
                 "in transit); send the sha256 hex of the exact ciphertext bytes"
             )
-        context = self.device_context(device_id)
-        start = time.perf_counter()
-        vector = ciphertext_from(context, data)
-        if vector.size() != rows.shape[0]:
-            raise ValueError(
-                f"ciphertext holds {vector.size()} values but {rows.shape[0]} indices were sent"
+        if self._pool is not None:
+            record = self._registry.current_context(device_id)
+            if record is None:
+                raise MissingContextError(NO_CONTEXT)
+            start = time.perf_counter()
+            rows_key = (hypernet.record.artifact_sha256, indices.tobytes())
+            chunks = self._pool.evaluate(
+                device_id, record.artifact_sha256, rows_key, rows, offset, data
             )
-        chunks = []
-        try:
-            for low, high in chunk_bounds(offset.size, output_chunk_size(context, vector.size())):
-                result = vector.matmul(rows[:, low:high].tolist()) + offset[low:high].tolist()
-                chunks.append(result.serialize())
-        except (ValueError, RuntimeError) as error:  # SEAL: e.g. wrong parameters or level
-            raise ValueError(f"cannot evaluate H on this ciphertext: {error}") from None
+            return PersonalizeAnswer(hypernet, chunks, None, time.perf_counter() - start)
+        keys = self.device_context(device_id)
+        start = time.perf_counter()
+        ciphertext, size, scale = read_vector(keys, data)
+        if size != indices.size:
+            raise ValueError(f"ciphertext holds {size} values but {indices.size} indices were sent")
+        encoded = self.rows_for(keys, hypernet, indices, rows, offset)
+        chunks = evaluate(keys, encoded, ciphertext, scale)
         return PersonalizeAnswer(hypernet, chunks, None, time.perf_counter() - start)

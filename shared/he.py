@@ -6,7 +6,16 @@ public part once; per request it sends ``Enc(z[indices])`` and receives
 ciphertext travels as ``CKKSVector.serialize()`` bytes.
 
 Depth: the cloud computes one vector × plain-matrix product plus a plain add,
-which consumes one 40-bit level of the default chain [60, 40, 40, 60].
+which consumes one 40-bit level — so the default chain is [60, 40, 60]: the
+60-bit prime that keeps the result, the one 40-bit level, and the 60-bit special
+prime for key switching. A chain with a second 40-bit level ([60, 40, 40, 60],
+the earlier default) would carry a level nothing uses and cost more per rotation.
+
+Security (HomomorphicEncryption.org standard, classical 128-bit security,
+ternary secret; SEAL enforces the same table): the total coefficient-modulus
+bits may be at most 109 at N = 4096, 218 at N = 8192, 438 at N = 16384, 881 at
+N = 32768. [60, 40, 60] at N = 8192 is 160 bits (128-bit secure); every
+parameter set accepted by :class:`CKKSParams` is within that table.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ MAX_MODULUS_BITS: dict[int, int] = {4096: 109, 8192: 218, 16384: 438, 32768: 881
 
 
 class CKKSParams(BaseModel):
-    """CKKS settings; defaults are the product's (N = 8192, [60, 40, 40, 60], scale 2^40).
+    """CKKS settings; defaults are the product's (N = 8192, [60, 40, 60], scale 2^40).
 
     Validated so a bad setting fails at configuration time, not deep inside SEAL:
     N must be a supported power of two, the chain must hold ≥ 3 primes (special
@@ -37,7 +46,7 @@ class CKKSParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     poly_modulus_degree: int = 8192
-    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60)
+    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 60)
     scale_bits: int = Field(40, ge=20, le=60)
 
     @model_validator(mode="after")

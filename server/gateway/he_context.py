@@ -8,32 +8,26 @@ key: a context that can decrypt is refused and never stored.
 from __future__ import annotations
 
 import grpc
-import tenseal
 
+from server.ckks_matmul import EvaluationKeys, PrivateContextError
 from server.gateway.errors import GatewayError
 
 PRIVATE_CONTEXT = "context contains a secret key; upload only the public context"
 
 
-def check_public_ckks_context(data: bytes | bytearray) -> None:
-    """Raise :class:`GatewayError` (``INVALID_ARGUMENT``) unless ``data`` is a public CKKS context.
+def check_public_ckks_context(data: bytes | bytearray) -> EvaluationKeys:
+    """Parse ``data`` as a public CKKS context, else raise ``INVALID_ARGUMENT``.
 
     ``data`` is what ``ctx.serialize()`` returns on the device after
-    ``ctx.make_context_public()``.
+    ``ctx.make_context_public()``. The parsed keys are returned so that the
+    context is parsed once, at upload, and kept for the device's requests.
     """
     try:
-        context = tenseal.context_from(data)
-    except Exception as error:  # TenSEAL raises ValueError/RuntimeError for bad bytes
+        return EvaluationKeys.from_public_context(data)
+    except PrivateContextError:
+        raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, PRIVATE_CONTEXT) from None
+    except ValueError as error:
         raise GatewayError(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"not a serialised TenSEAL context ({error}); send ctx.serialize() after "
-            "ctx.make_context_public()",
+            f"{error}; send ctx.serialize() after ctx.make_context_public()",
         ) from None
-    if context.is_private():
-        raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, PRIVATE_CONTEXT)
-    scheme = context.seal_context().data.key_context_data().parms().scheme()
-    if scheme.name != "CKKS":
-        raise GatewayError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"context uses the {scheme.name} scheme; SecDOOD needs a CKKS context",
-        )

@@ -112,7 +112,7 @@ def build_grpc_server(
         registry,
         settings.token_ttl_seconds,
         settings.max_upload_bytes,
-        PersonalizationService(registry, settings.context_cache_bytes),
+        PersonalizationService(registry, settings.context_cache_bytes, workers=settings.he_workers),
     )
     gateway_pb2_grpc.add_DeviceGatewayServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()

@@ -133,10 +133,12 @@ class DeviceGatewayServicer(gateway_pb2_grpc.DeviceGatewayServicer):
     ) -> gateway_pb2.UploadContextResponse:
         device = current_device()
         data, sha256 = receive_upload(request_iterator, self._upload_limits)
-        check_public_ckks_context(data)
+        keys = check_public_ckks_context(data)
         record = self._registry.store_context(
             device.id, data, self._max_upload_bytes, expected_sha256=sha256, is_public=True
         )
+        # Parsed once, here: the device's first Personalize finds its context ready.
+        self._personalization.keep_context(device.id, record.artifact_sha256, keys, data)
         return gateway_pb2.UploadContextResponse(
             sha256=record.artifact_sha256, size_bytes=record.size_bytes
         )

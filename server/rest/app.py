@@ -23,6 +23,7 @@ from starlette.requests import ClientDisconnect
 
 from server.registry import NotFoundError
 from server.rest import routes_admin, routes_score, routes_v2
+from server.rest.auth import document_security
 from server.rest.body_limit import BodySizeLimitMiddleware
 from server.rest.capacity import OverloadedError, ScoringGate
 from server.rest.inputs import InputError, validation_message
@@ -137,6 +138,7 @@ def create_app(state: ServiceState) -> FastAPI:
     app.include_router(routes_v2.router)
     app.include_router(routes_score.router)
     app.include_router(routes_admin.router)
+    document_security(app)
 
     @app.get(
         "/metrics",

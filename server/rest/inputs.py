@@ -10,7 +10,6 @@ device.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, TypeVar
 
@@ -59,13 +58,11 @@ def parse_json_body(body: bytes, model: type[_Model], what: str) -> _Model:
         raise InputError(
             f"request body nests {depth} levels deep; the limit is {MAX_JSON_DEPTH} levels"
         )
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"request body is not valid JSON: {exc}") from None
-    try:
-        return model.model_validate(payload)
+    try:  # pydantic parses the JSON and validates in one pass (no dict of Python objects first)
+        return model.model_validate_json(body)
     except ValidationError as exc:
+        if any(item["type"] == "json_invalid" for item in exc.errors()):
+            raise InputError(f"request body is not valid JSON: {validation_message(exc)}") from None
         raise InputError(f"invalid {what}: {validation_message(exc)}") from None
 
 

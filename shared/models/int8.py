@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import platform
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -67,6 +68,50 @@ def default_engine() -> str:
         if engine in supported:
             return engine
     raise RuntimeError(f"this torch build has no quantised CPU engine ({supported})")
+
+
+#: ``engine=AUTO_ENGINE`` picks the fastest engine on this CPU by measurement
+AUTO_ENGINE = "auto"
+_measured_engines: dict[str, str] = {}
+
+
+def engine_latencies(payload: dict[str, Any], batch: int = 1, repeats: int = 7) -> dict[str, float]:
+    """Median CPU seconds of one int8 forward pass (``batch`` clips) per available engine.
+
+    Which engine is fastest depends on the CPU (AVX-512 VNNI, AMX, ARM dot-product
+    instructions …) and the layer shapes, so it is measured, not assumed. Engines
+    take turns pass by pass and the clock is this process's CPU time, so a burst
+    of load from other programs does not decide the choice.
+    """
+    config = TwoStreamConfig.from_dict(payload["config"])
+    t, size = config.n_frames, config.size
+    rgb = torch.rand(batch, t, 3, size, size)
+    flow = torch.rand(batch, t - 1, 2, size, size)
+    previous = torch.backends.quantized.engine
+    engines = [e for e in torch.backends.quantized.supported_engines if e != "none"]
+    times: dict[str, list[float]] = {engine: [] for engine in engines}
+    try:
+        models = {engine: build_int8_model(payload, engine=engine) for engine in engines}
+        with torch.inference_mode():
+            for turn in range(repeats + 1):  # turn 0 packs weights and warms caches
+                for engine, model in models.items():
+                    torch.backends.quantized.engine = engine
+                    started = time.process_time()
+                    model(rgb, flow)
+                    if turn:
+                        times[engine].append(time.process_time() - started)
+    finally:
+        torch.backends.quantized.engine = previous
+    return {engine: sorted(spent)[len(spent) // 2] for engine, spent in times.items()}
+
+
+def fastest_engine(payload: dict[str, Any]) -> str:
+    """The engine with the lowest measured batch-1 latency; measured once per model shape."""
+    key = repr(sorted(payload["config"].items()))
+    if key not in _measured_engines:
+        latencies = engine_latencies(payload)
+        _measured_engines[key] = min(latencies, key=latencies.__getitem__)
+    return _measured_engines[key]
 
 
 def set_engine(engine: str | None) -> str:
@@ -340,11 +385,14 @@ def build_int8_model(
 ) -> Int8TwoStreamNet:
     """Int8 network from an artifact payload; the first ``adapt_layers`` conv blocks of each
     stream keep their BatchNorm unfused, wrapped by ``norm_factory(bn)`` (default: the plain
-    eval BatchNorm3d; the device passes ``LeanTTANorm``), the rest are folded."""
+    eval BatchNorm3d; the device passes ``LeanTTANorm``), the rest are folded. ``engine``:
+    None → :func:`default_engine`, ``"auto"`` → :func:`fastest_engine` (measured)."""
     if isinstance(adapt_layers, bool) or not isinstance(adapt_layers, int):
         raise TypeError(f"adapt_layers must be an int, got {type(adapt_layers).__name__}")
     if not 0 <= adapt_layers <= N_BLOCKS:
         raise ValueError(f"adapt_layers must lie in [0, {N_BLOCKS}], got {adapt_layers}")
+    if engine == AUTO_ENGINE:
+        engine = fastest_engine(payload)
     engine = set_engine(engine)
     factory = norm_factory or DequantizedNorm
     config = TwoStreamConfig.from_dict(payload["config"])

@@ -13,20 +13,22 @@ import pytest
 import torch
 from support import make_tiny_bundle
 
-from bench.service import (
+from bench.harness import (
     RunningService,
     bench_settings,
+    register_artifact,
+    run_load,
+    serve,
+    split_requests,
+)
+from bench.service import (
     compare,
     enroll_device,
     feature_rows,
     grpc_download_client,
     in_process_infer_client,
     in_process_read_client,
-    register_artifact,
     rest_infer_client,
-    run_load,
-    serve,
-    split_requests,
     table_rows,
 )
 from server.registry import open_registry

@@ -219,3 +219,21 @@ def test_export_registers_int8_under_the_float_version(registry):
     assert record.size_bytes < float_record.size_bytes  # tiny model: pickle overhead dominates
     with pytest.raises(ValueError, match="already has a 'int8' variant"):
         export_latest_int8(registry, calibration=(rgb, flow))
+
+
+def test_auto_engine_is_the_fastest_one_measured(exported, monkeypatch):
+    from shared.models import int8 as int8_module
+
+    _, data = exported
+    payload = int8_payload_from_bytes(data)
+    latencies = int8_module.engine_latencies(payload, batch=1, repeats=2)
+    available = set(torch.backends.quantized.supported_engines) - {"none"}
+    assert set(latencies) == available and all(t > 0 for t in latencies.values())
+    # the choice follows the measurement, whatever it is: fake one where qnnpack wins
+    fake = {engine: 1.0 for engine in latencies} | {"qnnpack": 0.5}
+    monkeypatch.setattr(int8_module, "_measured_engines", {})
+    monkeypatch.setattr(int8_module, "engine_latencies", lambda payload, batch=1: fake)
+    model = build_int8_model(payload, engine=int8_module.AUTO_ENGINE)
+    assert model.engine == "qnnpack" and torch.backends.quantized.engine == "qnnpack"
+    fake["qnnpack"] = 2.0  # measured once per model shape: the cached choice stays
+    assert int8_module.fastest_engine(payload) == "qnnpack"

@@ -181,19 +181,22 @@ def test_the_device_client_retries_overload_with_backoff(device_gateway_factory)
 def test_the_context_cache_is_bounded_by_bytes(
     gateway, registry, stub, enrol_metadata, ckks_contexts
 ):
+    from server.ckks_matmul import EvaluationKeys
     from server.personalization import PersonalizationService
 
     data = ckks_contexts["public"]
+    parsed_bytes = EvaluationKeys.from_public_context(data).nbytes  # the cache's estimate
     devices = []
     for name in ("a", "b", "c"):
         enrolled = _enrol(stub, enrol_metadata, name)
         with GatewayClient(gateway.target, token=enrolled.token) as client:
             client.upload_context(data)
         devices.append(enrolled.device_id)
-    service = PersonalizationService(registry, context_cache_bytes=int(2.5 * len(data)))
+    service = PersonalizationService(registry, context_cache_bytes=int(2.5 * parsed_bytes))
     for device_id in devices:
         service.device_context(device_id)
-    assert service.cached_context_bytes() == 2 * len(data)  # the oldest was evicted
+    assert service.cached_context_bytes() == 2 * parsed_bytes  # the oldest was evicted
+    assert len(service.contexts) == 2
 
 
 def test_calls_are_logged_with_device_status_and_duration_but_no_secrets(

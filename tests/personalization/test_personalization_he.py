@@ -25,7 +25,7 @@ from shared.hypernet import personalised_logits
 def test_default_params_are_the_products():
     params = CKKSParams()
     assert params.poly_modulus_degree == 8192
-    assert params.coeff_mod_bit_sizes == (60, 40, 40, 60)
+    assert params.coeff_mod_bit_sizes == (60, 40, 60)
     assert params.scale_bits == 40 and params.slots == 4096
 
 
