@@ -20,6 +20,7 @@ from support import SMALL_PARAMS, make_hypernet
 import device_client.keyring as keyring_module
 from device_client.channel_selection import select_channels
 from device_client.cli import main
+from device_client.head_guard import CONFIDENCE_SLACK
 from device_client.keyring import DeviceKeyring
 from device_client.simulated_camera import truth_path
 from device_client.state import DeviceState
@@ -182,6 +183,9 @@ def test_personalize_then_score_offline_from_the_cache_and_recover(
     report = json_tail(capsys.readouterr().out)
     assert report["stale"] is False and report["theta_status"] == "fresh"
     assert report["refreshes"] == 1
+    guard = report["guard"]  # the run loop's guard checked the refreshed Θ on its window
+    assert guard["confidence_slack"] == CONFIDENCE_SLACK and guard["trusted"] is not None
+    assert 0 <= guard["fallback_clips"] <= report["clips"]
     refreshed = keyring.cached_theta()
     assert refreshed.snapshot.refreshed_at > cached.snapshot.refreshed_at
     assert refreshed.snapshot.reason.startswith("restart")
