@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import stat
 
 import grpc
@@ -147,6 +148,19 @@ def test_personalize_then_score_offline_from_the_cache_and_recover(
     assert cached is not None and cached.snapshot.hypernet.version == 1
     assert np.array_equal(cached.snapshot.indices, indices)
     assert float(np.abs(cached.snapshot.theta - expected.numpy()).max()) < 2e-2
+    # personalize also says what the run loop's guard makes of this Θ on this window
+    fused = bundle.model.fused_head
+    with torch.no_grad():
+        global_logits = torch.from_numpy(z) @ fused.weight.double().T + fused.bias.double()
+    personal = personalised_logits(torch.from_numpy(z), torch.from_numpy(cached.snapshot.theta), C)
+    msp_p, msp_g = (
+        float(torch.softmax(x, 1).max(1).values.mean()) for x in (personal, global_logits)
+    )
+    verdict = "keeps the personalised" if msp_p >= msp_g - CONFIDENCE_SLACK else "would serve the"
+    assert f"guard: {verdict}" in out
+    shown = re.search(r"([0-9.]+) personalised vs ([0-9.]+) global", out)
+    assert shown is not None
+    assert [float(x) for x in shown.groups()] == pytest.approx([msp_p, msp_g], abs=2e-3)
 
     # Cloud down: a restarted device scores personalised from its cache and says it is stale.
     gateway.stop()
