@@ -1,11 +1,12 @@
-"""Every backprop-free method of the training hub, trained and measured in one run.
+"""Every method of the training hub, trained and measured in one run.
 
-    python -m bench.methods [--quick] [--only predictive_coding,forward_forward,ebp]
+    python -m bench.methods [--quick] [--only predictive_coding,ebp,...] [--render]
 
-Each method module's ``benchmark(quick)`` returns its headline metrics and
-train seconds; this script gathers them into bench/results/methods.json and
-the "methods" section of BENCHMARKS.md. The full run takes a long time (EBP
-on the five text tasks dominates; see docs/algorithms/ebp.md).
+Each family's module in ``bench/hub/`` has ``benchmark(quick) -> dict`` and
+``markdown(result) -> str``; this script gathers the results into
+bench/results/methods.json (``--only`` replaces just those families and keeps
+the others) and the "methods" section of BENCHMARKS.md. The full run takes a
+long time (EBP on the five text tasks dominates; see docs/algorithms/ebp.md).
 """
 
 from __future__ import annotations
@@ -16,64 +17,30 @@ import json
 import time
 from typing import Any
 
-from bench.report import RESULTS, markdown_table, write_json, write_section
+from bench.report import RESULTS, write_json, write_section
 
-#: benchmark family → module with ``benchmark(quick) -> dict``
+#: benchmark family → module in bench/hub with ``benchmark`` and ``markdown``
 FAMILIES = {
-    "predictive_coding": "server.methods.predictive_coding",
-    "forward_forward": "server.methods.forward_forward",
-    "ebp": "server.methods.ebp",
-}
-
-
-def _pc_markdown(r: dict[str, Any]) -> str:
-    rows = [
-        [name, r[name]["test_accuracy"], f"{r[name]['train_seconds']:.1f}"]
-        for name in ("pc_bp", "zil", "fa_zil", "il")
-    ]
-    gap = r["max_abs_weight_diff_vs_bp_100_steps"]
-    return (
-        f"{r['dataset']}; config {json.dumps(r['config'])}.\n\n"
-        + markdown_table(["method", "test accuracy", "train s"], rows)
-        + f"\n\nMax |weight − backprop weight| after 100 steps (float64): Z-IL {gap['zil']:.1e}, "
-        f"Fa-Z-IL {gap['fa_zil']:.1e}."
-    )
-
-
-def _ff_markdown(r: dict[str, Any]) -> str:
-    rows = []
-    for encoding, by_method in r["results"].items():
-        for method, m in by_method.items():
-            rows.append([encoding, method, m["test_accuracy"], f"{m['train_seconds']:.1f}"])
-    gap = r["ff_snn_minus_bp_snn"]
-    return (
-        f"{r['dataset']}, {r['time_steps']} time steps.\n\n"
-        + markdown_table(["input", "method", "test accuracy", "train s"], rows)
-        + "\n\nFF-SNN − BP-SNN: "
-        + ", ".join(f"{enc} {100 * v:+.1f} points" for enc, v in gap.items())
-    )
-
-
-def _ebp_markdown(r: dict[str, Any]) -> str:
-    return (
-        f"Protocol: {r['protocol']}. Test error %, mean ± std over folds "
-        f"({r['total_seconds'] / 60:.0f} min in all).\n\n{r['table_markdown']}"
-    )
-
-
-#: family → compact markdown of its result (the JSON keeps everything)
-FORMATTERS = {
-    "predictive_coding": _pc_markdown,
-    "forward_forward": _ff_markdown,
-    "ebp": _ebp_markdown,
+    "predictive_coding": "bench.hub.predictive_coding",
+    "forward_forward": "bench.hub.forward_forward",
+    "ebp": "bench.hub.ebp",
+    "boolean_bp": "bench.hub.boolean_bp",
+    "st_rsbp": "bench.hub.st_rsbp",
+    "lactose": "bench.hub.lactose",
 }
 
 
 def render(results: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section: one compact part per family present in ``results``."""
     sections = [
-        f"### {name}\n\n{FORMATTERS[name](results[name])}" for name in FAMILIES if name in results
+        f"### {name}\n\n{importlib.import_module(module).markdown(results[name])}"
+        for name, module in FAMILIES.items()
+        if name in results
     ]
-    mode = "quick" if results.get("quick") else "full"
+    modes = {name: results[name].get("quick", results.get("quick")) for name in FAMILIES}
+    mode = ", ".join(
+        f"{name} {'quick' if quick else 'full'}" for name, quick in modes.items() if name in results
+    )
     return (
         f"Mode: {mode}. Each method's page in docs/algorithms/ explains the protocol and "
         "compares with the paper; bench/results/methods.json has every number.\n\n"
@@ -94,16 +61,21 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown families {unknown}; choose from {sorted(FAMILIES)}")
 
+    saved = RESULTS / "methods.json"
     if args.render:
-        results = json.loads((RESULTS / "methods.json").read_text())
+        results = json.loads(saved.read_text())
     else:
-        results = {"quick": args.quick}
+        results = json.loads(saved.read_text()) if args.only and saved.exists() else {}
+        for stale in ("machine", "date"):
+            results.pop(stale, None)
         for name in names:
             started = time.perf_counter()
             print(f"[bench.methods] {name} ...", flush=True)
             result = importlib.import_module(FAMILIES[name]).benchmark(args.quick)
+            result["quick"] = args.quick
             result["bench_wall_seconds"] = round(time.perf_counter() - started, 1)
             results[name] = result
+        results["quick"] = args.quick
         write_json("methods", results)
     summary = render(results)
     write_section("methods", "Training hub: backprop-free methods", summary)

@@ -29,6 +29,13 @@ METHOD_PATHS: dict[str, str] = {
     "pc_bp": "server.methods.predictive_coding:BP_TRAINER",
     # Expectation Backpropagation (binary weights, mean-field)
     "ebp": "server.methods.ebp:TRAINER",
+    # Boolean backpropagation (bit-packed XNOR-majority network, purely logical updates)
+    "boolean_bp": "server.methods.boolean_bp:TRAINER",
+    # spike-train-level recurrent SNN and its BPTT baseline
+    "st_rsbp": "server.methods.st_rsbp:TRAINER",
+    "bptt_rsnn": "server.methods.st_rsbp:BPTT_TRAINER",
+    # LACTOSE: one parameter set per interval of a conditioning input
+    "lactose": "server.methods.lactose:TRAINER",
 }
 
 #: one line per method for ``secdood-server methods`` (docs/algorithms.md has the details)
@@ -43,6 +50,10 @@ METHOD_SUMMARIES: dict[str, str] = {
     "fa_zil": "predictive coding, fully autonomous Z-IL",
     "pc_bp": "the same network trained by backprop (baseline for il/zil/fa_zil)",
     "ebp": "Expectation Backpropagation: mean-field binary weights, no learning rate",
+    "boolean_bp": "Boolean backprop: bit-packed XNOR-majority net, purely logical updates",
+    "st_rsbp": "recurrent spiking net trained at spike-train level (no unrolling in time)",
+    "bptt_rsnn": "the same recurrent spiking net trained through time (baseline for st_rsbp)",
+    "lactose": "LACTOSE: one parameter set per interval of a conditioning input (waveshaper)",
 }
 
 

@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from sklearn.datasets import load_digits
 from sklearn.metrics import accuracy_score
-from sklearn.model_selection import train_test_split
 from torch import nn
 
 from server.methods.base import ProgressFn, TrainResult, no_progress
+from shared.methods.digits import DigitsSplit, load_digits_split
 from shared.methods.forward_forward import (
     NUM_CLASSES,
     NUM_FEATURES,
@@ -40,42 +39,6 @@ from shared.methods.forward_forward import (
     label_goodness,
 )
 from shared.methods.spiking import encode
-
-# ---------------------------------------------------------------- data
-
-
-class DigitsSplit(NamedTuple):
-    """Fixed digits split; features ``[N, 64]`` float32 in [0, 1], labels ``[N]`` int64."""
-
-    x_train: np.ndarray
-    x_test: np.ndarray
-    y_train: np.ndarray
-    y_test: np.ndarray
-
-
-def check_dataset(x: np.ndarray, y: np.ndarray, num_features: int = NUM_FEATURES) -> None:
-    """Raise ValueError unless ``x`` is ``[N, num_features]`` in [0, 1] and ``y`` is ``[N]``."""
-    if x.ndim != 2 or x.shape[1] != num_features:
-        raise ValueError(f"features must be [N, {num_features}], got shape {x.shape}")
-    if y.ndim != 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"labels must be [N] with N = {x.shape[0]}, got shape {y.shape}")
-    if x.size and (x.min() < 0 or x.max() > 1):
-        raise ValueError("features must lie in [0, 1]")
-    if y.size and (y.min() < 0 or y.max() >= NUM_CLASSES):
-        raise ValueError(f"labels must lie in [0, {NUM_CLASSES - 1}]")
-
-
-def load_digits_split(test_size: float = 0.25, random_state: int = 0) -> DigitsSplit:
-    """sklearn digits scaled by 1/16 to [0, 1], stratified split (defaults: 25 % test, seed 0)."""
-    digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32)
-    y = digits.target.astype(np.int64)
-    check_dataset(x, y)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=test_size, stratify=y, random_state=random_state
-    )
-    return DigitsSplit(x_train, x_test, y_train, y_test)
-
 
 # ---------------------------------------------------------------- configs
 
@@ -426,48 +389,3 @@ BP_SNN_TRAINER = BPSNNTrainer()
 TRAINERS = {t.name: t for t in (FF_SNN_TRAINER, FF_TRAINER, BP_SNN_TRAINER)}
 #: the headline method of this module
 TRAINER = FF_SNN_TRAINER
-
-
-# ---------------------------------------------------------------- benchmark
-
-#: tuned settings used by :func:`benchmark` (same 2x500 size for all three methods)
-BENCHMARK_CONFIGS: dict[str, dict[str, Any]] = {
-    "ff_snn": {"hidden_sizes": [500, 500], "epochs": 30, "lr": 3e-3},
-    "ff": {"hidden_sizes": [500, 500], "epochs": 30, "lr": 3e-3},
-    "bp_snn": {"hidden_sizes": [500, 500], "epochs": 30, "lr": 1e-3},
-}
-QUICK_EPOCHS = 8
-BENCHMARK_ENCODINGS = ("static", "poisson")
-
-
-def benchmark(quick: bool = False) -> dict[str, Any]:
-    """Test accuracy and train seconds of ff_snn, ff and bp_snn on digits, static and Poisson.
-
-    ``quick`` trains each for ``QUICK_EPOCHS`` epochs instead of the tuned count.
-    Returns ``{"results": {encoding: {method: metrics}}, "ff_snn_minus_bp_snn": {...}, ...}``.
-    """
-    torch.set_num_threads(1)
-    results: dict[str, dict[str, dict[str, float]]] = {}
-    for encoding in BENCHMARK_ENCODINGS:
-        results[encoding] = {}
-        for name, settings in BENCHMARK_CONFIGS.items():
-            trainer = TRAINERS[name]
-            overrides = {"encoding": encoding, **({"epochs": QUICK_EPOCHS} if quick else {})}
-            config = trainer.config_model(**{**settings, **overrides})
-            metrics = trainer.train(config).metrics
-            results[encoding][name] = {
-                "test_accuracy": metrics["test_accuracy"],
-                "train_seconds": metrics["train_seconds"],
-                "epochs": config.epochs,
-            }
-    gaps = {
-        enc: results[enc]["ff_snn"]["test_accuracy"] - results[enc]["bp_snn"]["test_accuracy"]
-        for enc in BENCHMARK_ENCODINGS
-    }
-    return {
-        "dataset": "sklearn digits 8x8, stratified 75/25 split, random_state 0",
-        "time_steps": 10,
-        "quick": quick,
-        "results": results,
-        "ff_snn_minus_bp_snn": gaps,
-    }

@@ -13,10 +13,13 @@ import torch
 from pydantic import ValidationError
 
 from server.methods.ebp import (
+    REFERENCE_PASSES,
     EBPConfig,
     bp_predict,
     init_ebp_network,
+    select_bp_learning_rates,
     train_bp_epoch,
+    train_bp_passes,
     train_ebp_epoch,
 )
 from shared.methods.ebp import EBPNetwork
@@ -83,6 +86,20 @@ def test_bp_baseline_learns_separable_task() -> None:
     x, y = _separable_task(4000, 50, seed=1)
     params = train_bp_epoch(x[:3000], y[:3000], hidden=120, lr=0.1, batch_size=10, seed=0)
     assert (bp_predict(params, x[3000:]) == y[3000:]).mean() > 0.9
+
+
+def test_bp_passes_continue_the_one_pass_run_and_lrs_are_chosen_per_pass() -> None:
+    x, y = _separable_task(600, 20, seed=2)
+    one = train_bp_epoch(x, y, hidden=8, lr=0.05, batch_size=10, seed=0)
+    passes = list(train_bp_passes(x, y, hidden=8, lr=0.05, batch_size=10, seed=0, passes=2))
+    assert len(passes) == 2
+    assert all(torch.equal(a, b) for a, b in zip(one, passes[0], strict=True))
+    assert not torch.equal(passes[0][0], passes[1][0])
+    best, errors = select_bp_learning_rates(x, y, hidden=8, batch_size=10, seed=0, passes=2)
+    assert len(best) == 2 and len(errors) == 2 and len(errors[1]) == 8
+    for chosen, errs in zip(best, errors, strict=True):
+        assert errs[f"{chosen:.3g}"] == min(errs.values())
+    assert EBPConfig().epochs == REFERENCE_PASSES == 3
 
 
 def _sparse_task(seed: int) -> tuple[np.ndarray, np.ndarray]:

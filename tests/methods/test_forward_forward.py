@@ -18,12 +18,11 @@ from server.methods.forward_forward import (
     BPSNNConfig,
     FFConfig,
     FFSNNConfig,
-    check_dataset,
     forward_forward_loss,
     forward_forward_step,
-    load_digits_split,
     wrong_labels,
 )
+from shared.methods.digits import check_dataset, load_digits_split
 from shared.methods.forward_forward import (
     FFReLUNet,
     FFSpikingNet,

@@ -68,6 +68,10 @@ def test_hub_method_trains_through_jobs_and_lands_in_registry(live_server, regis
         ("zil", {"layer_sizes": [64, 0, 10]}, "layer_sizes"),
         ("ff_snn", {"encoding": "morse"}, "encoding"),
         ("ff_snn", {"hidden_sizes": [-3]}, "hidden_sizes"),
+        ("boolean_bp", {"task": "xor9"}, "unknown task"),
+        ("st_rsbp", {"task": "rows", "time_steps": 20}, "divisible by 8"),
+        ("lactose", {"boundaries": [0, 0.5, 0.5, 1]}, "leaves interval 1 empty"),
+        ("lactose", {"boundaries": [0, 0.7, 0.3, 1]}, "strictly increasing"),
     ],
 )
 def test_bad_hub_configs_are_422(client, method, config, message):
