@@ -42,6 +42,7 @@ class PersonalHead:
         self.last_guard_weight = 0.0
         self._was_stale = personalizer.stale
         self._guarded: ThetaSnapshot | None = None
+        self._guard_window = 0  # clips in the window the guard last checked Θ on
 
     def __call__(self, features: Tensor) -> Tensor | None:
         z = features.detach().double().numpy()
@@ -69,11 +70,15 @@ class PersonalHead:
         """The guard's choice for z: a new Θ is checked first on the window it serves."""
         assert self.guard is not None and self.personalizer.snapshot is not None
         p = self.personalizer
-        if p.snapshot is not self._guarded:  # refreshed, or restored from the cache
-            self.guard.refresh(p.selector.window, p.snapshot.theta)
-            self._guarded = p.snapshot
+        window = p.selector.window
+        # A new Θ (refreshed, or restored from the cache) is checked; a restored one is
+        # checked again while the window grows to min_window (one clip says little).
+        checked_on_few = self._guard_window < min(p.min_window, len(window))
+        if p.snapshot is not self._guarded or checked_on_few:
+            self.guard.refresh(window, p.snapshot.theta)
+            self._guarded, self._guard_window = p.snapshot, len(window)
         # checked on the whole window: one camera clip alone says little about disagreement
-        logits = self.guard.logits(z, window=p.selector.window)
+        logits = self.guard.logits(z, window=window)
         self.last_guard_weight = self.guard.state.global_weight if self.guard.state else 0.0
         if self.last_guard_weight >= 1.0:
             self.clips_guard_fallback += len(z)

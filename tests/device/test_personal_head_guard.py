@@ -37,10 +37,11 @@ def clips(n: int, seed: int) -> np.ndarray:
     return z
 
 
-def guarded_head(tmp_path, weight: torch.Tensor) -> PersonalHead:
+def guarded_head(tmp_path, weight: torch.Tensor | None) -> PersonalHead:
+    """A guarded head; ``weight`` None: offline, scoring from the cached Θ only."""
     keyring = DeviceKeyring(DeviceState(tmp_path / "state"))
     personalizer = keyring.personalizer(
-        FixedTheta(weight, BIAS),
+        FixedTheta(weight, BIAS) if weight is not None else None,
         "cloud:50051",
         "dev-1",
         D,
@@ -91,3 +92,16 @@ def test_a_head_less_sure_than_the_global_one_falls_back(tmp_path):
         atol=1e-5,
     )
     assert unguarded.telemetry().get("guard_fallback_clips") is None
+
+
+def test_a_restored_theta_is_checked_too(tmp_path):
+    wrong = WEIGHT.roll(1, 0) * 0.2
+    run_stream(guarded_head(tmp_path, wrong), clips(12, seed=2))  # caches the wrong Θ
+    offline = guarded_head(tmp_path, None)  # restarted without the cloud: restored Θ
+    z = clips(8, seed=3)
+    out = [offline(torch.from_numpy(row[None]).float()) for row in z]  # camera: one clip a time
+    assert offline.personalizer.theta_status == "stale"
+    assert torch.allclose(
+        torch.cat(out).double(), torch.from_numpy(z) @ WEIGHT.double().T, atol=1e-5
+    )
+    assert offline.describe() == "global(guard, v3 stale)" and offline.clips_guard_fallback == 8
