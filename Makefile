@@ -51,6 +51,7 @@ bench: proto
 	$(BIN)/python -m bench.device --quick
 	$(BIN)/python -m bench.service --quick
 	$(BIN)/python -m bench.methods --quick
+	$(BIN)/python -m bench.zoodip --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -9,6 +9,8 @@ Examples::
     secdood-device run --source clip.mp4|DIR|camera:0 [--personalize] [--adapt none|leantta|zo]
     secdood-device status
     secdood-device bench [--quick]
+    secdood-device personalize-diffusion --images DIR    # ZO textual inversion, int8 DDPM
+    secdood-device sample-diffusion --token FILE --out grid.png
 
 State (id, token, models, keys, cached personalised head) lives in
 ``$SECDOOD_DEVICE_DIR`` or ``~/.secdood-device`` (see :mod:`device_client.state`
@@ -37,6 +39,7 @@ from device_client.commands.common import (
     CliError,
     connect,
 )
+from device_client.commands.diffusion import add_diffusion_commands
 from device_client.gateway_client import GatewayClient, GatewayClientError
 from device_client.state import DeviceIdentity, DeviceState, NotEnrolledError
 from shared.data.corruptions import CORRUPTIONS
@@ -230,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="device-bench.json", help="where to write the JSON")
     bench.set_defaults(func=cmd_bench)
     _add_simulate_camera(sub)
+    add_diffusion_commands(sub)
     return parser
 
 

@@ -6,6 +6,11 @@ uploads, and downloads that are verified (size and sha256) in a temporary file
 and only then renamed into place — a failed or partial download leaves the
 destination untouched and no temporary file behind. Every failure is a
 :class:`GatewayClientError` with a one-line message.
+
+A call the server refuses for overload (``RESOURCE_EXHAUSTED`` with trailing
+metadata ``retry-after-ms``) is retried with jittered exponential backoff
+(:class:`RetryPolicy`), never sooner than the server asked; other refusals,
+e.g. an upload over the size cap, are not retried.
 """
 
 from __future__ import annotations
@@ -13,15 +18,20 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import random
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 
+from device_client.retry import DEFAULT_RETRY, RetryPolicy, retry_hint_s
 from shared.model_names import BASE_MODEL
 from shared.rpc import gateway_pb2, gateway_pb2_grpc
+
+_Result = TypeVar("_Result")
 
 CHUNK_BYTES = 1 << 20
 #: one chunk plus protobuf framing; matches the server's limit
@@ -106,6 +116,7 @@ class GatewayClient:
         token: str | None = None,
         root_cert: bytes | str | os.PathLike[str] | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy = DEFAULT_RETRY,
         interceptors: Sequence[grpc.UnaryUnaryClientInterceptor | Any] = (),
     ) -> None:
         if not isinstance(target, str) or ":" not in target:
@@ -115,6 +126,10 @@ class GatewayClient:
         self.target = target
         self.token = token
         self.timeout_s = timeout_s
+        self.retry = retry
+        #: overload refusals retried so far (for load tests and logs)
+        self.retries = 0
+        self._rng = random.Random()
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -136,6 +151,19 @@ class GatewayClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def _with_retries(self, call: Callable[[], _Result]) -> _Result:
+        """Run ``call``; retry overload refusals per :attr:`retry`; map errors to ours."""
+        for attempt in range(self.retry.attempts):
+            try:
+                return call()
+            except grpc.RpcError as error:
+                hint = retry_hint_s(error)
+                if hint is None or attempt + 1 >= self.retry.attempts:
+                    raise _error_from_rpc(error, self.target) from None
+                self.retries += 1
+                time.sleep(self.retry.delay(attempt, hint, self._rng))
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _token_metadata(self) -> tuple[tuple[str, str], ...]:
         if not self.token:
@@ -165,14 +193,13 @@ class GatewayClient:
                 hardware=profile.get("hardware") or "",
             ),
         )
-        try:
-            response = self._stub.Enroll(
+        response = self._with_retries(
+            lambda: self._stub.Enroll(
                 request,
                 metadata=(("x-secdood-enrollment-key", enrollment_key),),
                 timeout=self.timeout_s,
             )
-        except grpc.RpcError as error:
-            raise _error_from_rpc(error, self.target) from None
+        )
         self.token = response.token
         return Enrollment(response.device_id, response.token, response.token_expires_at)
 
@@ -195,12 +222,10 @@ class GatewayClient:
                 else:
                     yield gateway_pb2.ContextChunk(data=piece)
 
-        try:
-            response = self._stub.UploadContext(
-                chunks(), metadata=self._token_metadata(), timeout=self.timeout_s
-            )
-        except grpc.RpcError as error:
-            raise _error_from_rpc(error, self.target) from None
+        metadata = self._token_metadata()
+        response = self._with_retries(
+            lambda: self._stub.UploadContext(chunks(), metadata=metadata, timeout=self.timeout_s)
+        )
         return UploadReceipt(response.sha256, response.size_bytes)
 
     def download_model(
@@ -222,7 +247,13 @@ class GatewayClient:
         fd, temp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
         try:
             with os.fdopen(fd, "wb") as file:
-                info = self._receive_model(request, file)
+
+                def receive() -> gateway_pb2.ModelInfo:
+                    file.seek(0)
+                    file.truncate()
+                    return self._receive_model(request, file)
+
+                info = self._with_retries(receive)
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(temp_name, dest)
@@ -237,26 +268,23 @@ class GatewayClient:
         digest = hashlib.sha256()
         received = 0
         info: gateway_pb2.ModelInfo | None = None
-        try:
-            for chunk in self._stub.GetModel(
-                request, metadata=self._token_metadata(), timeout=self.timeout_s
-            ):
-                if chunk.HasField("info"):
-                    if info is not None:
-                        raise DownloadIntegrityError("server sent ModelInfo twice")
-                    info = chunk.info
-                    continue
-                if info is None:
-                    raise DownloadIntegrityError("server sent data before ModelInfo")
-                received += len(chunk.data)
-                if received > info.size_bytes:
-                    raise DownloadIntegrityError(
-                        f"server sent more than the announced {info.size_bytes} bytes"
-                    )
-                digest.update(chunk.data)
-                file.write(chunk.data)
-        except grpc.RpcError as error:
-            raise _error_from_rpc(error, self.target) from None
+        metadata = self._token_metadata()
+        # a grpc.RpcError propagates to _with_retries, which retries or maps it
+        for chunk in self._stub.GetModel(request, metadata=metadata, timeout=self.timeout_s):
+            if chunk.HasField("info"):
+                if info is not None:
+                    raise DownloadIntegrityError("server sent ModelInfo twice")
+                info = chunk.info
+                continue
+            if info is None:
+                raise DownloadIntegrityError("server sent data before ModelInfo")
+            received += len(chunk.data)
+            if received > info.size_bytes:
+                raise DownloadIntegrityError(
+                    f"server sent more than the announced {info.size_bytes} bytes"
+                )
+            digest.update(chunk.data)
+            file.write(chunk.data)
         if info is None:
             raise DownloadIntegrityError("server closed the download without ModelInfo")
         if received != info.size_bytes:
@@ -292,12 +320,10 @@ class GatewayClient:
             model_sha256=model_sha256,
             metrics=dict(metrics or {}),
         )
-        try:
-            ack = self._stub.ReportTelemetry(
-                report, metadata=self._token_metadata(), timeout=self.timeout_s
-            )
-        except grpc.RpcError as error:
-            raise _error_from_rpc(error, self.target) from None
+        metadata = self._token_metadata()
+        ack = self._with_retries(
+            lambda: self._stub.ReportTelemetry(report, metadata=metadata, timeout=self.timeout_s)
+        )
         return ack.accepted
 
     def personalize(
@@ -328,12 +354,10 @@ class GatewayClient:
             request.encrypted_sha256 = hashlib.sha256(request.encrypted).hexdigest()
         else:
             request.plain.values.extend(float(v) for v in plain or ())
-        try:
-            response = self._stub.Personalize(
-                request, metadata=self._token_metadata(), timeout=self.timeout_s
-            )
-        except grpc.RpcError as error:
-            raise _error_from_rpc(error, self.target) from None
+        metadata = self._token_metadata()
+        response = self._with_retries(
+            lambda: self._stub.Personalize(request, metadata=metadata, timeout=self.timeout_s)
+        )
         return PersonalizeReply(
             theta_ciphertexts=list(response.theta_ciphertexts),
             theta_plain=list(response.theta_plain.values),

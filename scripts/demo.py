@@ -31,7 +31,7 @@ import httpx
 import numpy as np
 import torch
 
-from server.app import Service
+from server.app import Service, resolve_keys
 from server.evaluation import evaluate, format_report
 from server.export import export_latest_int8
 from server.jobs import ensure_model
@@ -132,7 +132,9 @@ def main() -> int:
     prepare_models(settings)
 
     section("2. Cloud up: gRPC gateway + REST API")
-    service = Service(settings.model_copy(update={"rest_port": 0, "grpc_port": 0}))
+    # The demo keeps its own copy of the keys: the service holds only their digests.
+    keyed = resolve_keys(settings.model_copy(update={"rest_port": 0, "grpc_port": 0}))
+    service = Service(keyed)
     service.start()
     try:
         deadline = time.monotonic() + 120
@@ -144,7 +146,7 @@ def main() -> int:
         print(f"keys: {keys} (generated on first start; $KEY below is its enrollment_key)")
 
         section("3. Two devices with different camera shifts, through the device CLI")
-        key = service.settings.enrollment_key.get_secret_value()
+        key = keyed.enrollment_key.get_secret_value()
         devices_dir = Path(tempfile.mkdtemp(prefix="secdood-demo-devices-"))
         rows = [run_device(*device, target, key, devices_dir) for device in DEVICES]
         print()
@@ -157,7 +159,7 @@ def main() -> int:
         reply = httpx.post(
             f"http://{service.settings.host}:{service.rest_port}/v1/ood/score",
             json={"clip": clip.tolist()},
-            headers={"X-API-Key": service.settings.scoring_api_key.get_secret_value()},
+            headers={"X-API-Key": keyed.scoring_api_key.get_secret_value()},
             timeout=30,
         )
         body = reply.json()

@@ -6,24 +6,36 @@ exists (train the default one on an empty data directory, progress in the
 log) and load it → only then report *ready* (REST ``/v2/health/ready`` and the
 gRPC health service) → then, still in the background, export the int8 variant
 devices download for ``secdood-device run --int8`` and train the HyperNetwork
-for personalisation when they are missing. SIGINT/SIGTERM stop accepting new work, let in-flight
-requests finish (grace period), then close the registry.
+for personalisation when they are missing. SIGINT/SIGTERM first cancel queued
+and running training jobs (none registers a model afterwards), then stop
+accepting new work and let in-flight requests finish (grace period), then close
+the registry — all within :data:`SHUTDOWN_BUDGET_S` (compose gives 20 s).
+
+REST readiness also asks the gRPC gateway's own health service (a real call on
+loopback, cached for a second), so a container healthcheck on
+``/v2/health/ready`` notices a gateway that stopped answering.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
 import secrets
 import threading
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import grpc
 import uvicorn
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import SecretStr
 
 from server.gateway.server import build_grpc_server, set_serving
-from server.jobs import JobRunner
+from server.jobs import JobCancelledError, JobRunner
 from server.registry import Registry, open_registry
 from server.registry.errors import NotFoundError
 from server.registry.tables import JobState
@@ -36,7 +48,67 @@ log = logging.getLogger("secdood.serve")
 
 #: seconds in-flight requests get to finish on shutdown
 GRACE_SECONDS = 10.0
+#: seconds a cancelled training job gets to stop while the servers drain
+JOB_STOP_SECONDS = 8.0
+#: the whole shutdown stays within this (compose's stop_grace_period is 20 s)
+SHUTDOWN_BUDGET_S = 20.0
 KEY_FIELDS = ("enrollment_key", "scoring_api_key", "admin_api_key")
+#: how long a gRPC health answer counts for REST readiness (seconds)
+PROBE_CACHE_S = 1.0
+PROBE_TIMEOUT_S = 1.0
+
+
+#: glibc malloc arenas for the whole process (default 8 × cores): each thread that
+#: allocates large buffers (uploads, contexts) otherwise keeps its own arena, and RSS grows
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # glibc's mallopt parameter number for M_ARENA_MAX
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas (as ``MALLOC_ARENA_MAX`` would); False where not glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
+
+
+def restrict_permissions(data_dir: Path) -> None:
+    """Make the data directory and the SQLite database readable by the owner only."""
+    targets = [data_dir, *data_dir.glob("registry.sqlite3*")]
+    for path in targets:
+        try:
+            path.chmod(0o700 if path.is_dir() else 0o600)
+        except OSError as error:  # e.g. a mounted volume owned by someone else
+            log.warning("cannot restrict permissions of %s: %s", path, error)
+
+
+class GatewayProbe:
+    """Asks the gRPC gateway's health service on loopback whether it is SERVING."""
+
+    def __init__(self, target: str) -> None:
+        self._channel = grpc.insecure_channel(target)
+        self._stub = health_pb2_grpc.HealthStub(self._channel)
+        self._lock = threading.Lock()
+        self._checked_at = -PROBE_CACHE_S
+        self._serving = False
+
+    def __call__(self) -> bool:
+        with self._lock:
+            if time.monotonic() - self._checked_at < PROBE_CACHE_S:
+                return self._serving
+            try:
+                answer = self._stub.Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=PROBE_TIMEOUT_S
+                )
+                self._serving = answer.status == health_pb2.HealthCheckResponse.SERVING
+            except grpc.RpcError:
+                self._serving = False
+            self._checked_at = time.monotonic()
+            return self._serving
+
+    def close(self) -> None:
+        self._channel.close()
 
 
 def resolve_keys(settings: Settings) -> Settings:
@@ -74,10 +146,12 @@ class Service:
     bootstrap_error: BaseException | None = field(init=False, default=None)
 
     def start(self) -> None:
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        limit_malloc_arenas()  # before the server threads start allocating
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.settings = resolve_keys(self.settings)
         self.registry = open_registry(self.settings.database_url, self.settings.data_dir)
-        self.jobs = JobRunner(self.registry)
+        restrict_permissions(self.settings.data_dir)
+        self.jobs = JobRunner(self.registry, self.settings.max_queued_jobs)
         self.state = ServiceState(self.registry, self.settings, self.jobs)
         self._fail_interrupted_jobs()
 
@@ -85,6 +159,14 @@ class Service:
             self.registry, self.settings
         )
         self.grpc_server.start()
+        # Both servers now hold sha256 digests of the keys; drop the plaintext copies.
+        self.settings = self.settings.model_copy(update=dict.fromkeys(KEY_FIELDS))
+        self.state.settings = self.settings
+        self.probe: GatewayProbe | None = None
+        if self.settings.tls_cert is None:  # with TLS, readiness trusts the health flag
+            host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host
+            self.probe = GatewayProbe(f"{host}:{self.grpc_port}")
+            self.state.gateway_check = self.probe
 
         ssl = {}
         if self.settings.tls_cert is not None:
@@ -160,6 +242,8 @@ class Service:
             except Exception:  # devices still have the float model; say why int8 is missing
                 log.exception("int8 export failed; devices can download the float model")
             self._bootstrap_hypernetwork()
+        except JobCancelledError:
+            log.info("bootstrap training cancelled: the server is shutting down")
         except Exception as exc:  # keep the process alive and say why it is not ready
             self.bootstrap_error = exc
             log.exception("bootstrap failed; the server stays live but not ready")
@@ -198,15 +282,21 @@ class Service:
         self.stop()
 
     def stop(self) -> None:
-        log.info("shutting down: finishing in-flight requests (up to %.0f s)", GRACE_SECONDS)
+        """Cancel jobs, drain both servers, close the registry: within SHUTDOWN_BUDGET_S."""
+        started = time.monotonic()
+        log.info("shutting down: cancelling training jobs")
         set_serving(self.health, False)
         self.rest_server.should_exit = True
         stopped = self.grpc_server.stop(grace=GRACE_SECONDS)
-        self._rest_thread.join(GRACE_SECONDS + 5)
-        stopped.wait(GRACE_SECONDS + 5)
-        self.jobs.shutdown(wait=False)
+        self.jobs.shutdown(JOB_STOP_SECONDS)
+        log.info("finishing in-flight requests (up to %.0f s)", GRACE_SECONDS)
+        left = SHUTDOWN_BUDGET_S - 2.0 - (time.monotonic() - started)
+        self._rest_thread.join(max(left, 0.1))
+        stopped.wait(max(SHUTDOWN_BUDGET_S - 2.0 - (time.monotonic() - started), 0.1))
+        if self.probe is not None:
+            self.probe.close()
         self.registry.close()
-        log.info("stopped")
+        log.info("stopped in %.1f s", time.monotonic() - started)
 
 
 def _log_progress():
@@ -234,3 +324,10 @@ def serve(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
     service.wait()
+    if service.jobs.busy():
+        # A cancelled trainer is inside a long step (no progress report yet). Its job is
+        # recorded as cancelled and it can register nothing; letting the interpreter tear
+        # down under running torch code can abort the process, so leave now.
+        log.info("exiting while a cancelled trainer finishes its step (nothing is saved)")
+        logging.shutdown()
+        os._exit(0)

@@ -23,7 +23,7 @@ from typing import Any
 from server.methods.catalog import UnknownMethodError, method_names, method_summary
 from server.registry import open_registry
 from server.settings import Settings
-from shared.model_names import BASE_MODEL
+from shared.model_names import BASE_MODEL, DIFFUSION_MODEL
 
 
 def _parse_sets(pairs: list[str]) -> dict[str, Any]:
@@ -96,7 +96,12 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     if not args.int8:
         raise ValueError("choose an export format: --int8")
     with open_registry(settings.database_url, settings.data_dir) as registry:
-        record = export_latest_int8(registry, args.model, args.calibration_clips)
+        if args.model == DIFFUSION_MODEL:  # the diffusion denoiser has its own int8 format
+            from server.methods.diffusion import export_int8 as export_diffusion_int8
+
+            record = export_diffusion_int8(registry, args.model)
+        else:
+            record = export_latest_int8(registry, args.model, args.calibration_clips)
     print(
         json.dumps(
             {"model": record.name, "version": record.version, "variant": record.variant}
@@ -134,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     methods = sub.add_parser("methods", help="list the trainable methods")
     methods.set_defaults(func=cmd_methods)
 
-    export = sub.add_parser("export", help="export the latest base model for devices")
+    export = sub.add_parser(
+        "export", help="export the latest base (or diffusion) model for devices"
+    )
     export.add_argument("--int8", action="store_true", help="int8 artifact, variant 'int8'")
     export.add_argument("--model", default=BASE_MODEL)
     export.add_argument("--calibration-clips", type=int, default=256)

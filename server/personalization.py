@@ -9,7 +9,8 @@ rotation per selected row, which is why selecting a quarter of the channels cost
 a quarter of the time).
 
 The cloud holds only the device's *public* context (loaded from the registry
-and cached, since a 35 MB context takes a while to parse); it can compute on the
+and cached, since a 35 MB context takes a while to parse; the cache is bounded
+by memory, not by count); it can compute on the
 ciphertext but cannot decrypt the input or the result. Plaintext mode runs the
 same restricted map on numbers. Nothing here writes to the registry, so a
 refused request leaves server state unchanged.
@@ -36,8 +37,9 @@ from shared.hypernet import HyperNetworkConfig, hypernet_from_state, restricted_
 from shared.model_names import HYPERNETWORK
 
 DEFAULT_HYPERNET = HYPERNETWORK
-#: loaded public contexts kept in memory (each ≈ 100+ MB once parsed at N = 8192)
-MAX_CACHED_CONTEXTS = 4
+#: memory for parsed public contexts; a parsed context takes about its serialised size
+#: (measured: 31 MB parsed for a 35 MB context at N = 8192, so the estimate errs high)
+DEFAULT_CONTEXT_CACHE_BYTES = 1024 * 1024 * 1024
 NO_CONTEXT = (
     "no public HE context for this device: upload your public context first (UploadContext)"
 )
@@ -95,11 +97,15 @@ def hypernet_from_artifact(data: bytes) -> torch.nn.Module:
 class PersonalizationService:
     """Evaluates registered HyperNetworks for enrolled devices; caches models and contexts."""
 
-    def __init__(self, registry: Registry, max_cached_contexts: int = MAX_CACHED_CONTEXTS) -> None:
+    def __init__(
+        self, registry: Registry, context_cache_bytes: int = DEFAULT_CONTEXT_CACHE_BYTES
+    ) -> None:
         self._registry = registry
-        self._max_contexts = max_cached_contexts
+        self._cache_bytes = context_cache_bytes
         self._hypernets: dict[str, FoldedHyperNet] = {}
-        self._contexts: OrderedDict[tuple[str, str], ts.Context] = OrderedDict()
+        # (device, sha256) -> (parsed context, its size estimate in bytes), least recent first
+        self._contexts: OrderedDict[tuple[str, str], tuple[ts.Context, int]] = OrderedDict()
+        self._cached_bytes = 0
         self._lock = threading.Lock()
 
     def hypernet(self, name: str = DEFAULT_HYPERNET, version: int | None = None) -> FoldedHyperNet:
@@ -118,7 +124,11 @@ class PersonalizationService:
         return folded
 
     def device_context(self, device_id: str) -> ts.Context:
-        """The device's current public context, parsed once and kept in a small LRU cache."""
+        """The device's current public context, parsed once and kept in an LRU cache.
+
+        The cache holds at most ``context_cache_bytes`` of parsed contexts (each
+        estimated by its serialised size); the least recently used leave first.
+        """
         record = self._registry.current_context(device_id)
         if record is None:
             raise MissingContextError(NO_CONTEXT)
@@ -126,13 +136,21 @@ class PersonalizationService:
         with self._lock:
             if key in self._contexts:
                 self._contexts.move_to_end(key)
-                return self._contexts[key]
+                return self._contexts[key][0]
         context = load_public_context(self._registry.artifacts.read_bytes(record.artifact_sha256))
         with self._lock:
-            self._contexts[key] = context
-            while len(self._contexts) > self._max_contexts:
-                self._contexts.popitem(last=False)
+            if key not in self._contexts:
+                self._contexts[key] = (context, record.size_bytes)
+                self._cached_bytes += record.size_bytes
+            while self._cached_bytes > self._cache_bytes and len(self._contexts) > 1:
+                _, (_, size) = self._contexts.popitem(last=False)
+                self._cached_bytes -= size
         return context
+
+    def cached_context_bytes(self) -> int:
+        """Estimated memory held by cached contexts (at most the budget, or one context)."""
+        with self._lock:
+            return self._cached_bytes
 
     def personalize(self, device_id: str, query: PersonalizeQuery) -> PersonalizeAnswer:
         """Validate ``query`` and compute Θ = z[indices]·A[indices] + c (encrypted or plain).

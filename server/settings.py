@@ -33,6 +33,31 @@ class Settings(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_upload_bytes: int = Field(64 * 1024 * 1024, gt=0, description="HE context / video cap")
+    # Overload protection (docs/operations.md, "Limits"): past these, callers are refused
+    # with 429 / RESOURCE_EXHAUSTED and a retry hint instead of queueing without bound.
+    max_queued_jobs: int = Field(8, ge=1, description="training jobs waiting for the worker")
+    rest_concurrent_scoring: int = Field(4, ge=1, description="scoring requests run at once")
+    rest_waiting_scoring: int = Field(16, ge=0, description="scoring requests that may wait")
+    grpc_max_data_streams: int = Field(
+        16, ge=1, description="uploads, downloads and Personalize calls in flight, all devices"
+    )
+    grpc_max_streams_per_device: int = Field(2, ge=1, description="the same, per device")
+    grpc_max_he_calls: int = Field(
+        4, ge=1, description="Personalize calls (CKKS evaluation) in flight, of the data calls"
+    )
+    grpc_max_telemetry_calls: int = Field(4, ge=1, description="telemetry calls in flight")
+    grpc_message_timeout_s: float = Field(
+        10.0, gt=0, description="longest wait for the next chunk of an upload"
+    )
+    grpc_stream_timeout_s: float = Field(
+        300.0, gt=0, description="longest an upload or download stream may stay open"
+    )
+    grpc_min_upload_bytes_per_s: int = Field(
+        64 * 1024, ge=0, description="slowest accepted upload rate (after a 5 s grace)"
+    )
+    context_cache_bytes: int = Field(
+        1024 * 1024 * 1024, gt=0, description="memory for parsed device HE contexts"
+    )
     bootstrap_model: bool = Field(True, description="train the default model when none exists")
 
     @model_validator(mode="after")

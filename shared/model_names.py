@@ -10,3 +10,7 @@ from __future__ import annotations
 BASE_MODEL = "secdood_base"
 #: the HyperNetwork that personalises the fused head (``train --method hypernetwork``)
 HYPERNETWORK = "hypernetwork"
+#: the tiny class-conditional DDPM (``train --method diffusion``; int8 variant for devices)
+DIFFUSION_MODEL = "diffusion"
+#: tokens learned for new concepts by textual inversion of ``DIFFUSION_MODEL``
+DIFFUSION_TOKEN_MODEL = "diffusion_token"

@@ -20,14 +20,19 @@ for exactly the duration of that handler; the servicer reads it with
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import hmac
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 
+from server.gateway.errors import abort_with
 from server.registry import DeviceRecord, Registry
+
+log = logging.getLogger("secdood.gateway")
 
 GATEWAY_SERVICE = "secdood.v1.DeviceGateway"
 ENROLL_METHOD = f"/{GATEWAY_SERVICE}/Enroll"
@@ -52,12 +57,22 @@ _current_device: contextvars.ContextVar[DeviceRecord | None] = contextvars.Conte
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
 
 
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
 def current_device() -> DeviceRecord:
     """The device that made the RPC being handled; only valid inside an authenticated handler."""
     device = _current_device.get()
     if device is None:
         raise RuntimeError("no authenticated device: called outside a token-protected RPC")
     return device
+
+
+def current_device_id() -> str | None:
+    """The calling device's id, or None outside a token-protected RPC (e.g. in Enroll)."""
+    device = _current_device.get()
+    return None if device is None else device.id
 
 
 def _metadata_value(context: grpc.ServicerContext, key: str) -> str | None:
@@ -94,7 +109,8 @@ class DeviceAuthInterceptor(grpc.ServerInterceptor):
         if token_ttl_seconds <= 0:
             raise ValueError(f"token_ttl_seconds must be positive, got {token_ttl_seconds}")
         self._registry = registry
-        self._enrollment_key = enrollment_key.encode("utf-8")
+        # Only the digest is kept (docs/operations.md): the key itself is not held in memory.
+        self._enrollment_key_digest = _digest(enrollment_key)
         self._token_ttl_seconds = token_ttl_seconds
         self._clock = clock
 
@@ -112,13 +128,13 @@ class DeviceAuthInterceptor(grpc.ServerInterceptor):
         if handler is None or method.lstrip("/").startswith(OPEN_SERVICES):
             return handler
         admit = self._check_enrollment_key if method == ENROLL_METHOD else self._check_token
-        return _guarded(handler, admit)
+        return _guarded(handler, admit, method)
 
     def _check_enrollment_key(self, context: grpc.ServicerContext) -> DeviceRecord | None:
         presented = _metadata_value(context, ENROLLMENT_KEY_METADATA)
         if not presented:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, MISSING_ENROLLMENT_KEY)
-        if not hmac.compare_digest(presented.encode("utf-8"), self._enrollment_key):
+        if not hmac.compare_digest(_digest(presented), self._enrollment_key_digest):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, INVALID_ENROLLMENT_KEY)
         return None
 
@@ -128,7 +144,14 @@ class DeviceAuthInterceptor(grpc.ServerInterceptor):
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, MISSING_TOKEN)
-        device = self._registry.authenticate_device(token)
+        try:
+            device = self._registry.authenticate_device(token)
+        except Exception as error:  # e.g. a busy database: a status, never UNKNOWN
+            failure = error
+        else:
+            failure = None
+        if failure is not None:
+            abort_with(context, failure)
         if device is None or self._clock() >= self.token_expires_at(device):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, INVALID_TOKEN)
         return device
@@ -137,12 +160,17 @@ class DeviceAuthInterceptor(grpc.ServerInterceptor):
 def _guarded(
     handler: grpc.RpcMethodHandler,
     admit: Callable[[grpc.ServicerContext], DeviceRecord | None],
+    method: str,
 ) -> grpc.RpcMethodHandler:
     """The same handler, but ``admit`` runs first and its device is visible to the servicer."""
 
     def wrap(behavior: Behavior) -> Behavior:
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            device = admit(context)  # aborts the RPC when the caller is not admitted
+            try:
+                device = admit(context)  # aborts the RPC when the caller is not admitted
+            except Exception:
+                log.info("%s refused status=UNAUTHENTICATED", method.rsplit("/", 1)[-1])
+                raise
             run_context = contextvars.copy_context()
             run_context.run(_current_device.set, device)
             result = run_context.run(behavior, request, context)
@@ -152,6 +180,18 @@ def _guarded(
 
         return guarded
 
+    return wrap_handler(handler, wrap)
+
+
+def wrap_handler(
+    handler: grpc.RpcMethodHandler,
+    wrap: Callable[[Behavior], Behavior],
+    request_deserializer: Callable[[bytes], Any] | None = None,
+) -> grpc.RpcMethodHandler:
+    """A handler of the same kind whose behaviour is ``wrap(original behaviour)``.
+
+    ``request_deserializer`` replaces the handler's own when given.
+    """
     if handler.request_streaming and handler.response_streaming:
         make, behavior = grpc.stream_stream_rpc_method_handler, handler.stream_stream
     elif handler.request_streaming:
@@ -162,6 +202,6 @@ def _guarded(
         make, behavior = grpc.unary_unary_rpc_method_handler, handler.unary_unary
     return make(
         wrap(behavior),
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=request_deserializer or handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )

@@ -15,7 +15,7 @@ from server.gateway.errors import GatewayError
 PRIVATE_CONTEXT = "context contains a secret key; upload only the public context"
 
 
-def check_public_ckks_context(data: bytes) -> None:
+def check_public_ckks_context(data: bytes | bytearray) -> None:
     """Raise :class:`GatewayError` (``INVALID_ARGUMENT``) unless ``data`` is a public CKKS context.
 
     ``data`` is what ``ctx.serialize()`` returns on the device after

@@ -18,7 +18,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from server.gateway.auth import GATEWAY_SERVICE, DeviceAuthInterceptor
+from server.gateway.limits import CallLimits, LimitsInterceptor, StreamWatchdog, pool_size
+from server.gateway.malformed import MalformedMessageInterceptor
 from server.gateway.servicer import DeviceGatewayServicer
+from server.personalization import PersonalizationService
 from server.registry import Registry
 from server.registry.artifacts import CHUNK_BYTES
 from server.settings import Settings
@@ -26,8 +29,8 @@ from shared.rpc import gateway_pb2, gateway_pb2_grpc
 
 #: one 1 MiB chunk plus room for the protobuf framing and the sha256 on a first chunk
 MAX_MESSAGE_BYTES = CHUNK_BYTES + 64 * 1024
-#: threads serving RPCs; each holds at most one upload (<= max_upload_bytes) in memory
-DEFAULT_MAX_WORKERS = 8
+#: concurrent enrolments (each a short database write)
+MAX_ENROLMENTS = 4
 
 
 def set_serving(health_servicer: health.HealthServicer, serving: bool) -> None:
@@ -53,7 +56,6 @@ def build_grpc_server(
     registry: Registry,
     settings: Settings,
     readiness: Callable[[], bool] = lambda: False,
-    max_workers: int = DEFAULT_MAX_WORKERS,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """Build (but do not start) the device gateway bound to ``settings.host:grpc_port``.
 
@@ -62,6 +64,11 @@ def build_grpc_server(
     already true, else NOT_SERVING; flip it later with :func:`set_serving`.
     TLS is used when ``settings.tls_cert``/``tls_key`` are set.
     ``settings.enrollment_key`` must be set (the serve command generates one).
+
+    The thread pool is sized by :func:`~server.gateway.limits.pool_size` from the
+    call caps in ``settings``, so health checks and enrolment always find a
+    thread (docs/operations.md, "Limits"). Each admitted upload holds at most
+    ``max_upload_bytes`` in memory.
     """
     if settings.enrollment_key is None or not settings.enrollment_key.get_secret_value():
         raise ValueError(
@@ -72,9 +79,28 @@ def build_grpc_server(
     interceptor = DeviceAuthInterceptor(
         registry, settings.enrollment_key.get_secret_value(), settings.token_ttl_seconds
     )
+    limits = CallLimits(
+        max_data=settings.grpc_max_data_streams,
+        per_device=settings.grpc_max_streams_per_device,
+        max_telemetry=settings.grpc_max_telemetry_calls,
+        max_enroll=MAX_ENROLMENTS,
+        max_he=settings.grpc_max_he_calls,
+    )
+    watchdog = StreamWatchdog(
+        message_timeout_s=settings.grpc_message_timeout_s,
+        stream_timeout_s=settings.grpc_stream_timeout_s,
+        min_bytes_per_s=settings.grpc_min_upload_bytes_per_s,
+    )
+    workers = pool_size(limits.max_data, limits.max_telemetry, limits.max_enroll)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-gateway"),
-        interceptors=[interceptor],
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc-gateway"),
+        # auth first (outermost): only admitted callers are counted against the caps;
+        # the malformed-message check is innermost, next to the deserialiser it replaces
+        interceptors=[
+            interceptor,
+            LimitsInterceptor(limits, watchdog),
+            MalformedMessageInterceptor(),
+        ],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -82,10 +108,13 @@ def build_grpc_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    gateway_pb2_grpc.add_DeviceGatewayServicer_to_server(
-        DeviceGatewayServicer(registry, settings.token_ttl_seconds, settings.max_upload_bytes),
-        server,
+    servicer = DeviceGatewayServicer(
+        registry,
+        settings.token_ttl_seconds,
+        settings.max_upload_bytes,
+        PersonalizationService(registry, settings.context_cache_bytes),
     )
+    gateway_pb2_grpc.add_DeviceGatewayServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     set_serving(health_servicer, bool(readiness()))

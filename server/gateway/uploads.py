@@ -4,14 +4,17 @@ Framing: the first chunk carries ``sha256`` (hex of the whole payload) and
 ``total_bytes``; every chunk carries data. The payload is refused
 
 - with ``RESOURCE_EXHAUSTED`` as soon as the declared or received size passes
-  the server's cap (before the rest is read);
+  the server's cap, or the stream passes :attr:`UploadLimits.max_chunks`
+  chunks (before the rest is read);
 - with ``INVALID_ARGUMENT`` for a malformed stream (no chunks, no sha256 on the
-  first chunk, framing fields on a later chunk, more bytes than declared);
+  first chunk, framing fields on a later chunk, more bytes than declared, more
+  than :attr:`UploadLimits.max_empty_chunks` chunks without data);
 - with ``DATA_LOSS`` when the stream ends early or the bytes hash differently.
 
 Nothing here touches the registry, so a refused upload cannot leave a trace.
 The payload is held in memory (bounded by the cap) because it must be parsed as
-a whole before it may be stored.
+a whole before it may be stored; it grows in one buffer as chunks arrive (never
+ahead of the bytes received), so it is held once, not as chunks plus a joined copy.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
@@ -26,6 +30,26 @@ import grpc
 from server.gateway.errors import GatewayError
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+#: chunks of an upload average at least this many bytes (devices send 1 MiB chunks)
+MIN_MEAN_CHUNK_BYTES = 16 * 1024
+#: at least this many chunks are always allowed, however small the cap
+MIN_CHUNK_LIMIT = 64
+#: chunks without data an upload may contain (keep-alives); one more ends it
+MAX_EMPTY_CHUNKS = 4
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """The bounds an upload stream must keep."""
+
+    max_bytes: int
+    max_chunks: int
+    max_empty_chunks: int = MAX_EMPTY_CHUNKS
+
+    @classmethod
+    def for_size(cls, max_bytes: int) -> UploadLimits:
+        """Limits for uploads of at most ``max_bytes``: chunk count scaled with the size."""
+        return cls(max_bytes, max(MIN_CHUNK_LIMIT, max_bytes // MIN_MEAN_CHUNK_BYTES))
 
 
 class UploadChunk(Protocol):
@@ -36,8 +60,14 @@ class UploadChunk(Protocol):
     data: bytes
 
 
-def receive_upload(chunks: Iterable[UploadChunk], max_bytes: int) -> tuple[bytes, str]:
-    """Join a chunk stream into ``(payload, sha256)`` after checking size and digest."""
+def receive_upload(chunks: Iterable[UploadChunk], limits: UploadLimits | int) -> tuple[bytes, str]:
+    """Join a chunk stream into ``(payload, sha256)`` after checking size and digest.
+
+    ``limits`` may be a plain byte cap (the chunk limits then follow from it).
+    """
+    if isinstance(limits, int):
+        limits = UploadLimits.for_size(limits)
+    max_bytes = limits.max_bytes
     iterator = iter(chunks)
     first = next(iterator, None)
     if first is None:
@@ -61,7 +91,7 @@ def receive_upload(chunks: Iterable[UploadChunk], max_bytes: int) -> tuple[bytes
             f"upload of {total_bytes} bytes exceeds the server limit of {max_bytes} bytes",
         )
 
-    assembled = _Assembly(total_bytes, max_bytes)
+    assembled = _Assembly(total_bytes, limits)
     assembled.add(first, 0)
     for index, chunk in enumerate(iterator, start=1):
         if chunk.sha256 or chunk.total_bytes:
@@ -84,20 +114,36 @@ def receive_upload(chunks: Iterable[UploadChunk], max_bytes: int) -> tuple[bytes
             f"sha256 mismatch: declared {expected_sha256}, received bytes hash to "
             f"{actual_sha256}; the upload is corrupt and nothing was stored",
         )
-    return b"".join(assembled.parts), actual_sha256
+    return assembled.payload, actual_sha256
 
 
 class _Assembly:
     """The bytes received so far, their running sha256, and the two limits they must keep."""
 
-    def __init__(self, total_bytes: int, max_bytes: int) -> None:
+    def __init__(self, total_bytes: int, limits: UploadLimits) -> None:
         self.total_bytes = total_bytes
-        self.max_bytes = max_bytes
+        self.max_bytes = limits.max_bytes
+        self.limits = limits
         self.digest = hashlib.sha256()
-        self.parts: list[bytes] = []
+        self.payload = bytearray()
         self.received = 0
+        self.empty = 0
 
     def add(self, chunk: UploadChunk, index: int) -> None:
+        if index >= self.limits.max_chunks:
+            raise GatewayError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"upload has more than {self.limits.max_chunks} chunks, the limit; send "
+                "larger chunks (up to 1 MiB)",
+            )
+        if not chunk.data:
+            self.empty += 1
+            if self.empty > self.limits.max_empty_chunks:
+                raise GatewayError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"upload has more than {self.limits.max_empty_chunks} empty chunks, the "
+                    "limit; every chunk must carry data",
+                )
         self.received += len(chunk.data)
         if self.received > self.max_bytes:
             raise GatewayError(
@@ -111,4 +157,4 @@ class _Assembly:
                 f"(at chunk {index})",
             )
         self.digest.update(chunk.data)
-        self.parts.append(chunk.data)
+        self.payload += chunk.data

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from server.methods.base import MethodTrainer
-from shared.model_names import BASE_MODEL, HYPERNETWORK
+from shared.model_names import BASE_MODEL, DIFFUSION_MODEL, HYPERNETWORK
 
 #: method name → "module:attribute" of its trainer object
 METHOD_PATHS: dict[str, str] = {
@@ -36,6 +36,8 @@ METHOD_PATHS: dict[str, str] = {
     "bptt_rsnn": "server.methods.st_rsbp:BPTT_TRAINER",
     # LACTOSE: one parameter set per interval of a conditioning input
     "lactose": "server.methods.lactose:TRAINER",
+    # tiny class-conditional DDPM; devices personalise it by ZO textual inversion (ZOODiP)
+    DIFFUSION_MODEL: "server.methods.diffusion:TRAINER",
 }
 
 #: one line per method for ``secdood-server methods`` (docs/algorithms.md has the details)
@@ -54,6 +56,7 @@ METHOD_SUMMARIES: dict[str, str] = {
     "st_rsbp": "recurrent spiking net trained at spike-train level (no unrolling in time)",
     "bptt_rsnn": "the same recurrent spiking net trained through time (baseline for st_rsbp)",
     "lactose": "LACTOSE: one parameter set per interval of a conditioning input (waveshaper)",
+    DIFFUSION_MODEL: "tiny class-conditional DDPM on digits; devices personalise it by ZO (ZOODiP)",
 }
 
 

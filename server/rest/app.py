@@ -2,8 +2,10 @@
 
 Every error is JSON ``{"error": "..."}`` with a 4xx code for anything the client
 got wrong — malformed JSON, bad shapes or datatypes, NaN, unknown model or
-detector, oversized body, missing or wrong key — and 503 while no model is
-loaded. Bad input on ``/v2`` routes is 400 (as Triton and KServe answer), on
+detector, a body or name past a limit, missing or wrong key — 429 (with
+``Retry-After``) when the server is at capacity, and 503 while no model is
+loaded. A client that disconnects mid-request is counted as 499, not logged as
+an error. Bad input on ``/v2`` routes is 400 (as Triton and KServe answer), on
 ``/v1`` routes 422. Only a bug in the server is a 500.
 """
 
@@ -13,21 +15,26 @@ import logging
 
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from server.registry import NotFoundError
 from server.rest import routes_admin, routes_score, routes_v2
 from server.rest.body_limit import BodySizeLimitMiddleware
-from server.rest.inputs import InputError
-from server.rest.metrics import MetricsMiddleware, ServiceMetrics
+from server.rest.capacity import OverloadedError, ScoringGate
+from server.rest.inputs import InputError, validation_message
+from server.rest.metrics import CLIENT_CLOSED_REQUEST, MetricsMiddleware, ServiceMetrics
 from server.rest.state import ModelNotReadyError, ServiceState
 
 log = logging.getLogger(__name__)
 
 #: seconds a client should wait before retrying while the model is loading
 RETRY_AFTER_S = 5
+#: seconds a client should wait when the registry database is momentarily busy
+RETRY_AFTER_BUSY_S = 1
 
 DESCRIPTION = """\
 Secure, personalised OOD detection for edge video — REST API.
@@ -53,14 +60,6 @@ def _error(code: int, message: str, headers: dict[str, str] | None = None) -> JS
     return JSONResponse({"error": message}, status_code=code, headers=headers)
 
 
-def _validation_message(exc: RequestValidationError) -> str:
-    problems = []
-    for item in exc.errors():
-        where = ".".join(str(part) for part in item.get("loc", ())) or "request"
-        problems.append(f"{where}: {item.get('msg', 'invalid')}")
-    return "invalid request: " + "; ".join(problems)
-
-
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -68,7 +67,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(_bad_input_status(request), _validation_message(exc))
+        return _error(_bad_input_status(request), "invalid request: " + validation_message(exc))
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError) -> JSONResponse:
@@ -83,6 +82,28 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(
             status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), {"Retry-After": str(RETRY_AFTER_S)}
         )
+
+    @app.exception_handler(OverloadedError)
+    async def overloaded(request: Request, exc: OverloadedError) -> JSONResponse:
+        return _error(
+            status.HTTP_429_TOO_MANY_REQUESTS, str(exc), {"Retry-After": str(exc.retry_after_s)}
+        )
+
+    @app.exception_handler(OperationalError)
+    async def registry_busy(request: Request, exc: OperationalError) -> JSONResponse:
+        # e.g. SQLite's "database is locked" under a burst of writes: transient
+        log.warning("registry busy on %s: %s", request.url.path, str(exc).splitlines()[0])
+        return _error(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "the registry is busy; retry shortly",
+            {"Retry-After": str(RETRY_AFTER_BUSY_S)},
+        )
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_left(request: Request, exc: ClientDisconnect) -> Response:
+        # Not a server error: nobody is listening for the answer any more.
+        log.debug("client disconnected during %s %s", request.method, request.url.path)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     @app.exception_handler(Exception)
     async def server_bug(request: Request, exc: Exception) -> JSONResponse:
@@ -108,13 +129,21 @@ def create_app(state: ServiceState) -> FastAPI:
     metrics = ServiceMetrics(is_ready=lambda: state.ready)
     app.state.service = state
     app.state.metrics = metrics
+    app.state.scoring_gate = ScoringGate(
+        state.settings.rest_concurrent_scoring, state.settings.rest_waiting_scoring
+    )
 
     _install_error_handlers(app)
     app.include_router(routes_v2.router)
     app.include_router(routes_score.router)
     app.include_router(routes_admin.router)
 
-    @app.get("/metrics", tags=["monitoring"], summary="Prometheus metrics (text format)")
+    @app.get(
+        "/metrics",
+        tags=["monitoring"],
+        summary="Prometheus metrics (text format)",
+        response_class=PlainTextResponse,
+    )
     def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -10,19 +10,71 @@ device.
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import re
+from typing import Any, TypeVar
 
 import numpy as np
+from pydantic import BaseModel, ValidationError
 
 from shared.pipeline import OODPipeline
+
+#: deepest nesting of arrays/objects a JSON body may have (a clip in a V2 body needs 8)
+MAX_JSON_DEPTH = 32
+#: most dimensions a declared tensor shape may have
+MAX_TENSOR_DIMS = 8
+#: most elements a declared tensor may have (64 MiB of FP32, the default body cap)
+MAX_TENSOR_ELEMENTS = 16 * 1024 * 1024
+#: longest name (model, tensor, detector, method) a request may carry
+MAX_NAME_CHARS = 200
+
+_Model = TypeVar("_Model", bound=BaseModel)
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 
 
 class InputError(ValueError):
     """A request input with the wrong type, shape or values (a client error, HTTP 4xx)."""
 
 
+def validation_message(error: ValidationError) -> str:
+    """One line naming every invalid field, e.g. ``inputs.0.shape: Input should be a list``."""
+    return "; ".join(
+        f"{'.'.join(map(str, item['loc'])) or 'body'}: {item['msg']}" for item in error.errors()
+    )
+
+
+def json_depth(body: bytes) -> int:
+    """Deepest ``[``/``{`` nesting of a JSON text (strings skipped); linear, no parsing."""
+    structure = _STRING.sub(b'""', body)
+    opens = np.frombuffer(structure, dtype=np.uint8)
+    steps = np.isin(opens, (ord("["), ord("{"))).astype(np.int32)
+    steps -= np.isin(opens, (ord("]"), ord("}"))).astype(np.int32)
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def parse_json_body(body: bytes, model: type[_Model], what: str) -> _Model:
+    """A JSON request body validated as ``model``; depth is checked before parsing."""
+    depth = json_depth(body)
+    if depth > MAX_JSON_DEPTH:
+        raise InputError(
+            f"request body nests {depth} levels deep; the limit is {MAX_JSON_DEPTH} levels"
+        )
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"request body is not valid JSON: {exc}") from None
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise InputError(f"invalid {what}: {validation_message(exc)}") from None
+
+
 def to_float_array(data: Any, what: str) -> np.ndarray:
-    """Nested JSON lists of numbers → float32 array (any rank); rejects ragged, text, NaN/inf."""
+    """Nested JSON lists of numbers → float32 array (any rank); rejects ragged or text.
+
+    Values are checked (finite, in range) once, with the shape, by
+    :func:`check_features` / :func:`clips_to_frames`.
+    """
     if not isinstance(data, list):
         raise InputError(f"{what} must be a (nested) list of numbers, got {type(data).__name__}")
     try:
@@ -32,10 +84,12 @@ def to_float_array(data: Any, what: str) -> np.ndarray:
     if array.dtype.kind not in "iuf":
         raise InputError(f"{what} must contain only numbers, got {_describe(array)}")
     with np.errstate(over="ignore"):
-        array = array.astype(np.float32)
+        return array.astype(np.float32)
+
+
+def _check_finite(array: np.ndarray, what: str) -> None:
     if not np.isfinite(array).all():
         raise InputError(f"{what} contains NaN or infinite values (or values beyond float32)")
-    return array
 
 
 def _describe(array: np.ndarray) -> str:
@@ -44,12 +98,13 @@ def _describe(array: np.ndarray) -> str:
 
 
 def check_features(array: np.ndarray, pipeline: OODPipeline, what: str = "features") -> np.ndarray:
-    """float32 [N, D] with the model's D and N >= 1."""
+    """float32 [N, D] with the model's D, N >= 1 and finite values."""
     dim = pipeline.embed_dim
     if array.ndim != 2 or array.shape[1] != dim:
         raise InputError(f"{what} must have shape [N, {dim}], got {list(array.shape)}")
     if array.shape[0] == 0:
         raise InputError(f"{what} must contain at least one row, got shape {list(array.shape)}")
+    _check_finite(array, what)
     return array
 
 
@@ -65,6 +120,7 @@ def clips_to_frames(array: np.ndarray, pipeline: OODPipeline, what: str = "clip"
         )
     if array.shape[0] == 0:
         raise InputError(f"{what} must contain at least one clip, got shape {list(array.shape)}")
+    _check_finite(array, what)
     low, high = float(array.min()), float(array.max())
     if low < 0.0 or high > 1.0:
         raise InputError(

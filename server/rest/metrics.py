@@ -2,7 +2,8 @@
 
 - ``secdood_http_requests_total{method, route, status}``: requests by route
   *template* (``/v2/models/{name}/infer``, not the concrete path, so label
-  cardinality stays bounded; unmatched paths count as ``<unmatched>``);
+  cardinality stays bounded; unmatched paths count as ``<unmatched>``, unknown
+  methods as ``OTHER``; a client that left before the answer as status 499);
 - ``secdood_http_request_duration_seconds{method, route}``: latency histogram;
 - ``secdood_inference_items_total{endpoint, detector}``: items (feature rows or
   clips) scored, and ``secdood_ood_verdicts_total{endpoint, detector}`` of
@@ -24,6 +25,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shared.pipeline import Verdicts
 
 UNMATCHED_ROUTE = "<unmatched>"
+#: every HTTP method label; anything else a client sends is counted as OTHER_METHOD
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "OTHER"
+#: status label of a request whose client went away before the answer (nginx's convention)
+CLIENT_CLOSED_REQUEST = 499
 #: seconds; scoring a batch of clips on a CPU can take a few seconds
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -83,6 +89,7 @@ class MetricsMiddleware:
             return
         status_code = 500  # if the app dies before answering, that is what the client sees
         started = time.perf_counter()
+        method = scope["method"] if scope["method"] in KNOWN_METHODS else OTHER_METHOD
 
         async def send_and_note_status(message: Message) -> None:
             nonlocal status_code
@@ -92,9 +99,11 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, receive, send_and_note_status)
+        except OSError:  # the connection broke while answering: the client left
+            status_code = CLIENT_CLOSED_REQUEST
+            raise
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or UNMATCHED_ROUTE
-            method = scope["method"]
             self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
             self.metrics.requests.labels(method, template, str(status_code)).inc()

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 
+from server.jobs import JobFinishedError, JobQueueFullError, JobRunnerStoppedError
 from server.methods.catalog import UnknownMethodError
 from server.registry import JobState, ModelRecord, NotFoundError
 from server.rest.auth import State, require_admin, require_scoring
+from server.rest.capacity import OverloadedError
+from server.rest.inputs import MAX_NAME_CHARS, parse_json_body
 from server.rest.schemas import DeviceView, ErrorBody, JobCreate, JobView, ModelView
 from server.rest.state import ServiceState
 
 router = APIRouter(prefix="/v1", tags=["models, devices and jobs (v1)"])
 
 _AUTH_ERRORS = {code: {"model": ErrorBody} for code in (401, 403)}
+#: job ids are UUIDs (36 characters); anything up to this length is looked up (404 if unknown)
+JobId = Annotated[str, Path(min_length=1, max_length=64)]
 
 
 @router.get(
@@ -28,7 +33,18 @@ _AUTH_ERRORS = {code: {"model": ErrorBody} for code in (401, 403)}
     responses=_AUTH_ERRORS,
     dependencies=[Depends(require_scoring)],
 )
-def list_models(state: State, name: str | None = None) -> list[ModelView]:
+def list_models(
+    state: State,
+    name: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=MAX_NAME_CHARS,
+            pattern=r"^\S(.*\S)?$",
+            description="only versions of this model (no surrounding blanks)",
+        ),
+    ] = None,
+) -> list[ModelView]:
     served = state.model
     return [ModelView.of(record, served) for record in state.registry.list_models(name)]
 
@@ -46,18 +62,45 @@ def list_devices(state: State) -> list[DeviceView]:
 
 @router.post(
     "/jobs",
-    summary="Start a training job in the background",
+    summary="Queue a training job (429 when the queue is full)",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobView,
-    responses={**_AUTH_ERRORS, 422: {"model": ErrorBody}},
+    responses={**_AUTH_ERRORS, **{code: {"model": ErrorBody} for code in (422, 429, 503)}},
     dependencies=[Depends(require_admin)],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": JobCreate.model_json_schema()}},
+        }
+    },
 )
-def create_job(body: JobCreate, state: State) -> JobView:
+async def create_job(request: Request, state: State) -> JobView:
+    # The body is read only here, after the admin key was checked (a dependency).
+    body = parse_json_body(await request.body(), JobCreate, "job")
     try:
         job = state.jobs.submit(body.method, body.config)
     except (UnknownMethodError, ValueError, TypeError) as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+    except JobQueueFullError as exc:
+        raise OverloadedError(str(exc), exc.retry_after_s) from None
+    except JobRunnerStoppedError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
     return _job_view(state, job.id, log=False)
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    summary="Cancel a queued or running job (it never registers a model)",
+    response_model=JobView,
+    responses={**_AUTH_ERRORS, **{code: {"model": ErrorBody} for code in (404, 409, 422)}},
+    dependencies=[Depends(require_admin)],
+)
+def cancel_job(job_id: JobId, state: State) -> JobView:
+    try:
+        state.jobs.cancel(job_id)
+    except JobFinishedError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    return _job_view(state, job_id, log=False)
 
 
 @router.get(
@@ -87,7 +130,7 @@ def list_jobs(
     responses={**_AUTH_ERRORS, 404: {"model": ErrorBody}},
     dependencies=[Depends(require_admin)],
 )
-def get_job(job_id: str, state: State) -> JobView:
+def get_job(job_id: JobId, state: State) -> JobView:
     return _job_view(state, job_id, log=True)
 
 

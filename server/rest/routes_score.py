@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -20,16 +19,18 @@ from typing import Any, BinaryIO
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request, status
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.rest.auth import State, require_scoring
 from server.rest.inputs import (
+    MAX_NAME_CHARS,
     InputError,
     check_detectors,
     check_features,
     clips_to_frames,
+    parse_json_body,
     to_float_array,
 )
 from server.rest.schemas import (
@@ -40,7 +41,6 @@ from server.rest.schemas import (
     VideoScoreResult,
 )
 from server.rest.state import ServedModel
-from server.rest.v2_codec import validation_message
 from shared.data.video_io import VideoError, iter_clips
 from shared.pipeline import DEFAULT_DETECTOR, Verdicts
 
@@ -48,6 +48,9 @@ from shared.pipeline import DEFAULT_DETECTOR, Verdicts
 VIDEO_BATCH_CLIPS = 32
 #: bytes copied per read when spooling an upload to its temporary file
 COPY_CHUNK_BYTES = 1024 * 1024
+#: a multipart body carries one file and at most this many fields (file, detector, ...)
+MAX_FORM_FILES = 1
+MAX_FORM_FIELDS = 4
 
 router = APIRouter(prefix="/v1/ood", tags=["OOD scoring (v1)"])
 
@@ -73,7 +76,7 @@ _REQUEST_BODY = {
     "/score",
     summary="Score features, clips or an uploaded video",
     response_model=ScoreResult | VideoScoreResult,
-    responses={code: {"model": ErrorBody} for code in (401, 403, 413, 415, 422, 503)},
+    responses={code: {"model": ErrorBody} for code in (401, 403, 413, 415, 422, 429, 503)},
     dependencies=[Depends(require_scoring)],
     openapi_extra={"requestBody": _REQUEST_BODY},
 )
@@ -81,31 +84,22 @@ async def score(request: Request, state: State) -> ScoreResult | VideoScoreResul
     served = state.served()
     content_type = request.headers.get("content-type", "application/json").lower()
     metrics = request.app.state.metrics
-    if content_type.startswith("multipart/form-data"):
-        result, verdicts = await _score_upload(request, served, state.settings.max_upload_bytes)
-    elif content_type.startswith("application/json"):
-        parsed = _parse_json(await request.body())
-        result, verdicts = await run_in_threadpool(_score_json, served, parsed)
-    else:
+    is_upload = content_type.startswith("multipart/form-data")
+    if not is_upload and not content_type.startswith("application/json"):
         raise HTTPException(
             status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-            f"unsupported content type {content_type!r}; send application/json "
-            "or multipart/form-data with a video in field 'file'",
+            f"unsupported content type {content_type[:MAX_NAME_CHARS]!r}; send "
+            "application/json or multipart/form-data with a video in field 'file'",
         )
+    async with request.app.state.scoring_gate.slot():
+        if is_upload:
+            result, verdicts = await _score_upload(request, served, state.settings.max_upload_bytes)
+        else:
+            parsed = parse_json_body(await request.body(), ScoreRequest, "score request")
+            result, verdicts = await run_in_threadpool(_score_json, served, parsed)
     for batch in verdicts:
         metrics.record_verdicts("v1_score", batch)
     return result
-
-
-def _parse_json(body: bytes) -> ScoreRequest:
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"request body is not valid JSON: {exc}") from None
-    try:
-        return ScoreRequest.model_validate(payload)
-    except ValidationError as exc:
-        raise InputError(f"invalid score request: {validation_message(exc)}") from None
 
 
 def _score_json(served: ServedModel, request: ScoreRequest) -> tuple[ScoreResult, list[Verdicts]]:
@@ -142,14 +136,24 @@ def _score_result(verdicts: Verdicts) -> ScoreResult:
 async def _score_upload(
     request: Request, served: ServedModel, max_bytes: int
 ) -> tuple[VideoScoreResult, list[Verdicts]]:
-    form = await request.form(max_files=1, max_fields=4)
+    try:
+        form = await request.form(max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS)
+    except StarletteHTTPException as exc:  # the multipart parser: malformed or past a limit
+        if exc.status_code != status.HTTP_400_BAD_REQUEST:
+            raise
+        raise InputError(f"unreadable multipart body: {exc.detail}") from None
     try:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise InputError("the multipart body needs a video file in field 'file'")
         detector = form.get("detector", DEFAULT_DETECTOR)
         detector, extra = check_detectors(detector, None, served.detectors())
-        suffix = Path(upload.filename or "").suffix or ".mp4"
+        if upload.filename is not None and len(upload.filename) > MAX_NAME_CHARS:
+            raise InputError(
+                f"upload file name has {len(upload.filename)} characters; the limit is "
+                f"{MAX_NAME_CHARS}"
+            )
+        suffix = _safe_suffix(upload.filename)
         with tempfile.TemporaryDirectory(prefix="secdood-upload-") as folder:
             path = Path(folder) / f"upload{suffix}"
             with path.open("wb") as target:
@@ -159,6 +163,14 @@ async def _score_upload(
             )
     finally:
         await form.close()
+
+
+def _safe_suffix(filename: str | None) -> str:
+    """The file name's extension if it is short and plain (it picks the decoder), else .mp4."""
+    suffix = Path(filename or "").suffix
+    if 1 < len(suffix) <= 8 and suffix[1:].isalnum() and suffix.isascii():
+        return suffix
+    return ".mp4"
 
 
 def _copy_capped(source: BinaryIO, target: BinaryIO, max_bytes: int) -> None:

@@ -12,14 +12,20 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from server.rest.auth import State, require_scoring
-from server.rest.inputs import InputError, check_detectors, check_features, clips_to_frames
+from server.rest.inputs import (
+    MAX_NAME_CHARS,
+    InputError,
+    check_detectors,
+    check_features,
+    clips_to_frames,
+)
 from server.rest.schemas import (
     ErrorBody,
     InferenceRequest,
@@ -57,8 +63,10 @@ def server_version() -> str:
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 429, 503)
 }
+#: a model name or version in a path: 1..MAX_NAME_CHARS characters
+ModelName = Annotated[str, Path(min_length=1, max_length=MAX_NAME_CHARS)]
 
 
 def _inline_schema(model: type[InferenceRequest]) -> dict[str, Any]:
@@ -108,12 +116,13 @@ def health_live() -> dict[str, bool]:
 
 @router.get(
     "/health/ready",
-    summary="Readiness: 200 once a model is loaded, 503 before",
-    responses={503: {"description": "no model loaded yet"}},
+    summary="Readiness: 200 once a model is loaded and the gRPC gateway answers, 503 before",
+    responses={503: {"description": "no model loaded yet, or the gRPC gateway is not serving"}},
 )
 def health_ready(state: State) -> JSONResponse:
-    code = status.HTTP_200_OK if state.ready else status.HTTP_503_SERVICE_UNAVAILABLE
-    return JSONResponse({"ready": state.ready}, status_code=code)
+    ready = state.ready and state.gateway_serving()
+    code = status.HTTP_200_OK if ready else status.HTTP_503_SERVICE_UNAVAILABLE
+    return JSONResponse({"ready": ready}, status_code=code)
 
 
 @router.get("", summary="Server metadata", response_model=ServerMetadata)
@@ -135,7 +144,7 @@ def server_metadata() -> ServerMetadata:
     dependencies=[Depends(require_scoring)],
     include_in_schema=False,
 )
-def model_metadata(name: str, state: State, version: str | None = None) -> ModelMetadata:
+def model_metadata(name: ModelName, state: State, version: str | None = None) -> ModelMetadata:
     served = resolve_model(state, name, version)
     config = served.pipeline.bundle.config
     frames = config.n_frames
@@ -166,7 +175,7 @@ def model_metadata(name: str, state: State, version: str | None = None) -> Model
     responses=_ERRORS,
 )
 @router.get("/models/{name}/versions/{version}/ready", include_in_schema=False)
-def model_ready(name: str, state: State, version: str | None = None) -> dict[str, Any]:
+def model_ready(name: ModelName, state: State, version: str | None = None) -> dict[str, Any]:
     served = resolve_model(state, name, version)
     return {"name": served.record.name, "ready": True}
 
@@ -194,16 +203,17 @@ def model_ready(name: str, state: State, version: str | None = None) -> dict[str
     include_in_schema=False,
 )
 async def infer(
-    name: str,
+    name: ModelName,
     request: Request,
     state: State,
     version: str | None = None,
 ) -> InferenceResponse:
     served = resolve_model(state, name, version)
-    body = await request.body()
-    parsed, arrays = parse_infer_request(body, request.headers.get(BINARY_HEADER))
-    _check_outputs(parsed)
-    verdicts = await run_in_threadpool(_score, served, parsed, arrays)
+    async with request.app.state.scoring_gate.slot():
+        body = await request.body()
+        parsed, arrays = parse_infer_request(body, request.headers.get(BINARY_HEADER))
+        _check_outputs(parsed)
+        verdicts = await run_in_threadpool(_score, served, parsed, arrays)
     request.app.state.metrics.record_verdicts("v2_infer", verdicts)
     return _response(served, parsed, verdicts)
 

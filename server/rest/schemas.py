@@ -10,11 +10,16 @@ error messages can name the tensor and the expected shape.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
 
-from server.registry import DeviceRecord, JobRecord, ModelRecord
+from server.registry import DeviceRecord, JobRecord, JobState, ModelRecord
+from server.rest.inputs import MAX_NAME_CHARS, MAX_TENSOR_DIMS
+
+#: most detectors one request may list, most inputs/outputs one V2 request may name
+MAX_LIST_NAMES = 32
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
 
 # -- errors ----------------------------------------------------------------------------------
 
@@ -53,25 +58,25 @@ class ModelMetadata(BaseModel):
 class RequestInput(BaseModel):
     """One input tensor; ``data`` is flat row-major or nested, or absent when sent as binary."""
 
-    name: str
-    shape: list[NonNegativeInt]
-    datatype: str
+    name: Name
+    shape: list[NonNegativeInt] = Field(max_length=MAX_TENSOR_DIMS)
+    datatype: Name
     parameters: dict[str, Any] | None = None
     data: list[Any] | None = None
 
 
 class RequestOutput(BaseModel):
-    name: str
+    name: Name
     parameters: dict[str, Any] | None = None
 
 
 class InferenceRequest(BaseModel):
     """V2 inference request; ``parameters.detector`` picks the OOD detector (default energy)."""
 
-    id: str | None = None
+    id: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
     parameters: dict[str, Any] | None = None
-    inputs: list[RequestInput] = Field(min_length=1)
-    outputs: list[RequestOutput] | None = None
+    inputs: list[RequestInput] = Field(min_length=1, max_length=MAX_LIST_NAMES)
+    outputs: list[RequestOutput] | None = Field(None, max_length=MAX_LIST_NAMES)
 
 
 class ResponseOutput(BaseModel):
@@ -107,8 +112,8 @@ class ScoreRequest(BaseModel):
 
     features: list[Any] | None = None
     clip: list[Any] | None = None
-    detector: str = "energy"
-    detectors: list[str] | None = None
+    detector: Name = "energy"
+    detectors: list[Name] | None = Field(None, max_length=MAX_LIST_NAMES)
 
     @model_validator(mode="after")
     def _exactly_one_input(self) -> ScoreRequest:
@@ -153,6 +158,8 @@ class VideoScoreResult(BaseModel):
 
 
 class ModelView(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     name: str
     version: int
@@ -163,27 +170,19 @@ class ModelView(BaseModel):
     artifact_sha256: str
     size_bytes: int
     created_at: datetime
-    served: bool = Field(description="whether this is the model the REST API scores with")
+    served: bool = Field(False, description="whether this is the model the REST API scores with")
 
     @classmethod
     def of(cls, record: ModelRecord, served: ModelRecord | None) -> ModelView:
-        return cls(
-            id=record.id,
-            name=record.name,
-            version=record.version,
-            variant=record.variant,
-            method=record.method,
-            config=record.config,
-            metrics=record.metrics,
-            artifact_sha256=record.artifact_sha256,
-            size_bytes=record.size_bytes,
-            created_at=record.created_at,
-            served=served is not None and served.id == record.id,
-        )
+        view = cls.model_validate(record)
+        view.served = served is not None and served.id == record.id
+        return view
 
 
 class DeviceView(BaseModel):
     """An enrolled device; its token (hash) is never part of any response."""
+
+    model_config = ConfigDict(from_attributes=True)
 
     id: str
     name: str
@@ -193,13 +192,7 @@ class DeviceView(BaseModel):
 
     @classmethod
     def of(cls, record: DeviceRecord) -> DeviceView:
-        return cls(
-            id=record.id,
-            name=record.name,
-            profile=record.profile,
-            created_at=record.created_at,
-            last_seen=record.last_seen,
-        )
+        return cls.model_validate(record)
 
 
 class JobCreate(BaseModel):
@@ -207,21 +200,25 @@ class JobCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: str
+    method: Name
     config: dict[str, Any] = Field(default_factory=dict)
 
 
 class JobView(BaseModel):
     """A training job; ``progress`` is the fraction done in [0, 1]."""
 
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     method: str
     config: dict[str, Any]
-    state: str
+    state: JobState
     progress: float
     message: str
     result: dict[str, Any] | None
-    model: ModelView | None = Field(description="the model the job registered, once succeeded")
+    model: ModelView | None = Field(
+        None, description="the model the job registered, once succeeded"
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -231,17 +228,7 @@ class JobView(BaseModel):
     def of(
         cls, record: JobRecord, model: ModelRecord | None, served: ModelRecord | None, log: bool
     ) -> JobView:
-        return cls(
-            id=record.id,
-            method=record.method,
-            config=record.config,
-            state=record.state.value,
-            progress=record.progress,
-            message=record.message,
-            result=record.result,
-            model=None if model is None else ModelView.of(model, served),
-            created_at=record.created_at,
-            started_at=record.started_at,
-            finished_at=record.finished_at,
-            log=record.log if log else None,
-        )
+        view = cls.model_validate(record)
+        view.model = None if model is None else ModelView.of(model, served)
+        view.log = record.log if log else None
+        return view

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import SecretStr
@@ -82,13 +83,19 @@ class ServiceState:
     ) -> None:
         self.registry = registry
         self.settings = settings
-        self.jobs = jobs if jobs is not None else JobRunner(registry)
+        self.jobs = jobs if jobs is not None else JobRunner(registry, settings.max_queued_jobs)
         self._key_digests: dict[Role, bytes | None] = {
             Role.SCORING: _digest_or_none(settings.scoring_api_key),
             Role.ADMIN: _digest_or_none(settings.admin_api_key),
         }
         self._served: ServedModel | None = None
         self._load_lock = threading.Lock()
+        #: whether the gRPC gateway answers its health check (set by the serve command)
+        self.gateway_check: Callable[[], bool] | None = None
+
+    def gateway_serving(self) -> bool:
+        """Whether the gRPC gateway of this process reports SERVING (True without one)."""
+        return self.gateway_check is None or self.gateway_check()
 
     # -- the served model ----------------------------------------------------------------
 

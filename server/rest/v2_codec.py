@@ -9,14 +9,12 @@ returned as JSON data (clients accept that even when they asked for binary).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 
 import numpy as np
-from pydantic import ValidationError
 
-from server.rest.inputs import InputError, to_float_array
+from server.rest.inputs import MAX_TENSOR_ELEMENTS, InputError, parse_json_body, to_float_array
 from server.rest.schemas import InferenceRequest, RequestInput, ResponseOutput
 
 #: header naming the length of the JSON part of a binary-extension request
@@ -25,26 +23,12 @@ BINARY_HEADER = "inference-header-content-length"
 INPUT_DATATYPE = "FP32"
 
 
-def validation_message(error: ValidationError) -> str:
-    """One line naming every invalid field, e.g. ``inputs.0.shape: Input should be a list``."""
-    return "; ".join(
-        f"{'.'.join(map(str, item['loc'])) or 'body'}: {item['msg']}" for item in error.errors()
-    )
-
-
 def parse_infer_request(
     body: bytes, header_length: str | None
 ) -> tuple[InferenceRequest, dict[str, np.ndarray]]:
     """Parse a V2 request body into the request and its input arrays (float32, by name)."""
     json_part, binary_part = _split_body(body, header_length)
-    try:
-        payload = json.loads(json_part)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"request body is not valid JSON: {exc}") from None
-    try:
-        request = InferenceRequest.model_validate(payload)
-    except ValidationError as exc:
-        raise InputError(f"invalid inference request: {validation_message(exc)}") from None
+    request = parse_json_body(json_part, InferenceRequest, "inference request")
 
     arrays: dict[str, np.ndarray] = {}
     offset = 0
@@ -79,6 +63,11 @@ def _decode_input(tensor: RequestInput, binary: bytes, offset: int) -> tuple[np.
     if tensor.datatype != INPUT_DATATYPE:
         raise InputError(f"{what} must have datatype {INPUT_DATATYPE}, got {tensor.datatype!r}")
     n_values = math.prod(tensor.shape)
+    if n_values > MAX_TENSOR_ELEMENTS:
+        raise InputError(
+            f"{what} declares shape {tensor.shape} ({n_values} values); the limit is "
+            f"{MAX_TENSOR_ELEMENTS} values per tensor"
+        )
     binary_size = (tensor.parameters or {}).get("binary_data_size")
     if binary_size is not None:
         if tensor.data is not None:
@@ -90,10 +79,7 @@ def _decode_input(tensor: RequestInput, binary: bytes, offset: int) -> tuple[np.
                 f"got binary_data_size={binary_size!r} with {len(binary) - offset} bytes left"
             )
         values = np.frombuffer(binary, dtype="<f4", count=n_values, offset=offset)
-        array = values.astype(np.float32).reshape(tensor.shape)
-        if not np.isfinite(array).all():
-            raise InputError(f"{what} contains NaN or infinite values")
-        return array, expected
+        return values.astype(np.float32).reshape(tensor.shape), expected
     if tensor.data is None:
         raise InputError(f"{what} has no 'data' (and no parameters.binary_data_size)")
     array = to_float_array(tensor.data, f"{what} data")

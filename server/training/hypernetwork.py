@@ -3,8 +3,8 @@
 Top to bottom:
 
 1. load the frozen base model (``base_model_path``, else the latest registered
-   ``secdood_base`` — the job runner hands trainers with ``needs_registry = True``
-   its registry as ``trainer.registry``);
+   ``secdood_base`` — the job runner passes trainers with ``needs_registry = True``
+   its registry as ``train(..., registry=...)``);
 2. embed the training devices — the clean camera, the classic severity-5 devices and
    ``devices`` compositions drawn by the generator from the *train* split of
    :mod:`shared.data.device_shifts` — and ``val_devices`` drawn from the *validation*
@@ -358,7 +358,7 @@ def train_hypernetwork(
 class HyperNetworkTrainer:
     """H as a registered method (``secdood-server train --method hypernetwork``).
 
-    ``needs_registry``: the job runner sets ``self.registry`` before ``train`` so that,
+    ``needs_registry``: the job runner passes its registry to ``train`` so that,
     without ``base_model_path``, the latest registered ``secdood_base`` is used.
     """
 
@@ -366,12 +366,11 @@ class HyperNetworkTrainer:
     config_model = HyperNetworkTrainConfig
     needs_registry = True
 
-    def __init__(self) -> None:
-        self.registry: Any = None
-
-    def train(self, config: BaseModel, progress: ProgressFn = no_progress) -> TrainResult:
+    def train(
+        self, config: BaseModel, progress: ProgressFn = no_progress, registry: Any = None
+    ) -> TrainResult:
         assert isinstance(config, HyperNetworkTrainConfig)
-        bundle, base_sha = _base_bundle(config, self.registry)
+        bundle, base_sha = _base_bundle(config, registry)
         model, metrics = train_hypernetwork(config, bundle, progress)
         return TrainResult(
             state=hypernet_state(model, base_sha),

@@ -99,9 +99,8 @@ def test_global_penalty_keeps_theta_at_the_global_head():
 
 def test_trainer_needs_a_base_model():
     assert TRAINER.needs_registry and TRAINER.name == "hypernetwork"
-    TRAINER.registry = None
     with pytest.raises(ValueError, match="base_model_path"):
-        TRAINER.train(HyperNetworkTrainConfig())
+        TRAINER.train(HyperNetworkTrainConfig(), registry=None)
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         HyperNetworkTrainConfig(alphas=(0.0,))
 

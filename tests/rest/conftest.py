@@ -41,7 +41,7 @@ def unready_state(registry, rest_settings) -> Iterator[ServiceState]:
     """A service whose model is registered but not loaded yet."""
     state = ServiceState(registry, rest_settings)
     yield state
-    state.jobs.shutdown(wait=True)
+    state.jobs.shutdown()
 
 
 @pytest.fixture

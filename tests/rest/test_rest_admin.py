@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 import types
 
 import httpx
@@ -12,6 +11,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict, Field
 from rest_harness import ADMIN, SCORING
+from support import wait_until
 
 from server.methods.base import TrainResult
 from server.methods.catalog import METHOD_PATHS
@@ -93,12 +93,12 @@ def test_job_runs_in_the_background_and_registers_its_model(live_server, toy_met
         assert created.status_code == 202, created.text
         job_id = created.json()["id"]
         assert created.json()["config"] == {"steps": 4}
-        deadline = time.monotonic() + 20
-        while True:
+
+        def finished() -> dict | None:
             job = http.get(f"/v1/jobs/{job_id}", headers=ADMIN).json()
-            if job["state"] in {"succeeded", "failed"} or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+            return job if job["state"] in {"succeeded", "failed"} else None
+
+        job = wait_until(finished, what="job finished")
         listed = http.get("/v1/jobs", headers=ADMIN).json()
         succeeded = http.get("/v1/jobs", params={"state": "succeeded"}, headers=ADMIN).json()
         queued = http.get("/v1/jobs", params={"state": "queued"}, headers=ADMIN).json()
@@ -119,7 +119,7 @@ def test_job_runs_in_the_background_and_registers_its_model(live_server, toy_met
         ({"method": "alchemy"}, "unknown method 'alchemy'"),
         ({"method": "rest_toy", "config": {"steps": 0}}, "invalid config for method 'rest_toy'"),
         ({"method": "rest_toy", "config": {"lr": 1}}, "lr: Extra inputs are not permitted"),
-        ({"config": {}}, "body.method: Field required"),
+        ({"config": {}}, "invalid job: method: Field required"),
     ],
 )
 def test_bad_jobs_are_422(client, toy_method, body, message):
@@ -180,3 +180,54 @@ def test_openapi_docs_are_served(client):
         assert path in spec["paths"]
     schemes = spec["components"]["securitySchemes"]
     assert {"HTTPBearer", "APIKeyHeader"} <= set(schemes)
+
+
+def test_metric_labels_come_from_a_fixed_set(live_server):
+    with httpx.Client(base_url=live_server.url, timeout=10) as http:
+        for index in range(5):
+            http.request(f"BREW{index}", "/v2/health/live")
+            http.get(f"/random/{index}")
+        text = http.get("/metrics").text
+    methods = set()
+    routes = set()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            methods.add(sample.labels.get("method"))
+            routes.add(sample.labels.get("route"))
+    assert not any(str(m).startswith("BREW") for m in methods)
+    assert "OTHER" in methods
+    assert not any(str(route).startswith("/random") for route in routes)
+
+
+def test_a_client_disconnect_is_not_a_500_or_an_error_log(live_server, caplog):
+    import socket
+
+    request = (
+        "POST /v1/ood/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"X-API-Key: {SCORING['Authorization'].split()[1]}\r\nContent-Length: 100000\r\n\r\n"
+        '{"features": [[0.5'
+    )
+    with caplog.at_level("ERROR"):
+        with socket.create_connection(("127.0.0.1", live_server.port)) as sock:
+            sock.sendall(request.encode())
+        with httpx.Client(base_url=live_server.url, timeout=10) as http:
+
+            def counted() -> str | None:
+                text = http.get("/metrics").text
+                seen = _sample(
+                    text, "secdood_http_requests_total",
+                    method="POST", route="/v1/ood/score", status="499",
+                )  # fmt: skip
+                return text if seen == 1 else None
+
+            text = wait_until(counted, 10, 0.1, "the disconnect counted as 499")
+    assert _sample(text, "secdood_http_requests_total", method="POST",
+                   route="/v1/ood/score", status="500") == 0  # fmt: skip
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+
+
+def test_readiness_follows_the_grpc_gateway(client, state):
+    assert client.get("/v2/health/ready").status_code == 200
+    state.gateway_check = lambda: False
+    answer = client.get("/v2/health/ready")
+    assert answer.status_code == 503 and answer.json() == {"ready": False}

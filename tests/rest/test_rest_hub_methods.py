@@ -8,7 +8,6 @@ method's inference object, which must predict on digits better than chance.
 from __future__ import annotations
 
 import io
-import time
 
 import httpx
 import numpy as np
@@ -16,6 +15,7 @@ import pytest
 import torch
 from rest_harness import ADMIN_KEY
 from sklearn.datasets import load_digits
+from support import wait_until
 
 from server.methods.catalog import get_trainer
 
@@ -29,12 +29,11 @@ HUB_JOBS = {
 
 
 def _wait(http: httpx.Client, job_id: str, limit_s: float = 120) -> dict:
-    deadline = time.monotonic() + limit_s
-    while True:
+    def finished() -> dict | None:
         job = http.get(f"/v1/jobs/{job_id}", headers=ADMIN).json()
-        if job["state"] in {"succeeded", "failed"} or time.monotonic() > deadline:
-            return job
-        time.sleep(0.1)
+        return job if job["state"] in {"succeeded", "failed"} else None
+
+    return wait_until(finished, timeout=limit_s, interval=0.1, what=f"job {job_id} finished")
 
 
 @pytest.mark.parametrize("method", sorted(HUB_JOBS))

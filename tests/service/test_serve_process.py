@@ -21,7 +21,7 @@ import httpx
 import pytest
 import tenseal as ts
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import make_tiny_bundle
+from support import make_tiny_bundle, wait_until
 
 from device_client.gateway_client import GatewayClient
 from server.registry import open_registry
@@ -56,26 +56,19 @@ class ServerProcess:
         )
         self.url = f"http://127.0.0.1:{self.rest_port}"
 
+    def _answers(self, path: str) -> bool:
+        assert self.proc.poll() is None, self.log.read_text()
+        try:
+            return httpx.get(f"{self.url}{path}", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
     def wait_live(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                if httpx.get(f"{self.url}/v2/health/live", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"server not live in {timeout}s:\n{self.log.read_text()}")
+        wait_until(lambda: self._answers("/v2/health/live"), timeout, 0.2, "server live")
 
     def wait_ready(self, timeout: float = 60) -> None:
         self.wait_live(timeout)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"server not ready in {timeout}s:\n{self.log.read_text()}")
+        wait_until(lambda: self._answers("/v2/health/ready"), timeout, 0.2, "server ready")
 
     def terminate(self, timeout: float = 30) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -158,8 +151,39 @@ def test_serve_scores_enrols_and_survives_a_restart(data_dir):
         assert registry.list_jobs() == []
 
 
-def test_without_a_model_the_server_is_live_but_not_ready(tmp_path):
-    server = ServerProcess(tmp_path, bootstrap=False)
+def test_sigterm_during_default_training_exits_within_20_s_and_cancels_the_job(data_dir):
+    server = ServerProcess(data_dir, bootstrap=False)
+    admin = {"Authorization": f"Bearer {KEYS['admin']}"}
+    try:
+        server.wait_ready()
+        created = httpx.post(
+            f"{server.url}/v1/jobs", json={"method": "secdood_base"}, headers=admin, timeout=10
+        )
+        assert created.status_code == 202, created.text
+        job_id = created.json()["id"]
+
+        def running() -> bool:
+            job = httpx.get(f"{server.url}/v1/jobs/{job_id}", headers=admin, timeout=5).json()
+            return job["state"] == "running"
+
+        wait_until(running, 60, 0.2, "training job running")
+        time.sleep(1.0)  # well inside the training loop or the data preparation
+        started = time.monotonic()
+        assert server.terminate(timeout=30) == 0
+        assert time.monotonic() - started < 20, server.log.read_text()
+    finally:
+        server.kill()
+    with open_registry(None, data_dir) as registry:
+        job = registry.get_job(job_id)
+        assert job.state.value == "cancelled", (job.state, job.message)
+        assert "shut down" in job.message
+        assert [m.version for m in registry.list_models("secdood_base")] == [1]
+
+
+def test_without_a_model_the_server_is_live_but_not_ready_and_its_data_is_private(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)  # as an operator might have created it
+    server = ServerProcess(data, bootstrap=False)
     try:
         server.wait_live()
         time.sleep(1.0)
@@ -168,6 +192,10 @@ def test_without_a_model_the_server_is_live_but_not_ready(tmp_path):
         assert server.terminate() == 0
     finally:
         server.kill()
+    assert data.stat().st_mode & 0o077 == 0
+    assert (data / "registry.sqlite3").stat().st_mode & 0o077 == 0
+    log = server.log.read_text()
+    assert not [secret for secret in KEYS.values() if secret in log]
 
 
 def test_generated_keys_are_private_and_stable(tmp_path):
