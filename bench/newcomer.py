@@ -45,8 +45,9 @@ from shared.model_names import BASE_MODEL, HYPERNETWORK
 from shared.ood.metrics import ood_metrics
 
 #: (corruption, severity): the issue's fog camera first, then seen and unseen corruption types
-#: (the HyperNetwork trains on eight types at severity 5; pixelate, brightness and
-#: jpeg_compression are not among them)
+#: (the HyperNetwork trains on devices generated from the train split of
+#: ``shared.data.device_shifts.SHIFT_SPLIT``, which holds fog, gaussian_noise and motion_blur;
+#: pixelate is a validation type, brightness and jpeg_compression are test types)
 PAIRS = (
     ("fog", 3),
     ("gaussian_noise", 3),

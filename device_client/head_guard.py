@@ -32,6 +32,10 @@ from shared.hypernet import personalised_logits
 
 GuardMode = Literal["fallback", "blend"]
 
+#: refresh-time confidence slack the device uses: chosen on validation devices by
+#: ``bench/personalization.py`` (``choose_guard_slack``; slack 0 hurt, 0.05 = best mean)
+CONFIDENCE_SLACK = 0.05
+
 
 @dataclass(frozen=True)
 class GuardState:

@@ -7,6 +7,11 @@ yet and the window is too small to ask for one, and says for every clip which
 head scored it and whether the Θ is stale (the cloud was unreachable when a
 refresh was due). Each refresh, and each failed one, is noted in the keyring so
 ``secdood-device status`` can tell when and why.
+
+In per-device mode an optional :class:`~device_client.head_guard.HeadGuard` checks
+every new (or restored) Θ on the window it is used for and serves the global head
+instead when the personalised one looks wrong; those clips are counted and named
+in the report line (``global(guard, v1)``), the ``run --json`` summary and telemetry.
 """
 
 from __future__ import annotations
@@ -15,19 +20,29 @@ import numpy as np
 from torch import Tensor
 
 from device_client.gateway_client import ServerUnreachableError
+from device_client.head_guard import HeadGuard
 from device_client.keyring import DeviceKeyring
-from device_client.personalization import Personalizer
+from device_client.personalization import Personalizer, ThetaSnapshot
 
 
 class PersonalHead:
     """Callable head for :meth:`DeviceRuntime.score_clips`: z [N, D] → logits or None."""
 
-    def __init__(self, personalizer: Personalizer, keyring: DeviceKeyring) -> None:
+    def __init__(
+        self, personalizer: Personalizer, keyring: DeviceKeyring, guard: HeadGuard | None = None
+    ) -> None:
         self.personalizer = personalizer
         self.keyring = keyring
+        self.guard = guard if personalizer.mode == "per_device" else None
         self.last_head = "global"
         self.clips_global = 0
+        #: clips the guard scored with the global head although a Θ was there
+        self.clips_guard_fallback = 0
+        #: the guard's global-head weight for the last batch (0: personalised head only)
+        self.last_guard_weight = 0.0
         self._was_stale = personalizer.stale
+        self._guarded: ThetaSnapshot | None = None
+        self._guard_window = 0  # clips in the window the guard last checked Θ on
 
     def __call__(self, features: Tensor) -> Tensor | None:
         z = features.detach().double().numpy()
@@ -47,7 +62,27 @@ class PersonalHead:
             )
         self._was_stale = p.stale
         self.last_head = "personal"
+        if self.guard is not None:
+            logits = self._guarded_logits(z)
         return logits.float()
+
+    def _guarded_logits(self, z: np.ndarray) -> Tensor:
+        """The guard's choice for z: a new Θ is checked first on the window it serves."""
+        assert self.guard is not None and self.personalizer.snapshot is not None
+        p = self.personalizer
+        window = p.selector.window
+        # A new Θ (refreshed, or restored from the cache) is checked; a restored one is
+        # checked again while the window grows to min_window (one clip says little).
+        checked_on_few = self._guard_window < min(p.min_window, len(window))
+        if p.snapshot is not self._guarded or checked_on_few:
+            self.guard.refresh(window, p.snapshot.theta)
+            self._guarded, self._guard_window = p.snapshot, len(window)
+        # checked on the whole window: one camera clip alone says little about disagreement
+        logits = self.guard.logits(z, window=window)
+        self.last_guard_weight = self.guard.state.global_weight if self.guard.state else 0.0
+        if self.last_guard_weight >= 1.0:
+            self.clips_guard_fallback += len(z)
+        return logits
 
     def _global(self, n: int) -> None:
         self.last_head = "global"
@@ -57,11 +92,28 @@ class PersonalHead:
     def telemetry(self) -> dict[str, float]:
         """Numbers for the telemetry report (never Θ, never an embedding)."""
         p = self.personalizer
-        return {
+        numbers = {
             "personalised": 1.0,
             "theta_stale": float(p.stale),
             "hypernet_version": float(p.hypernet.version if p.hypernet else 0),
             "theta_refreshes": float(p.refreshes),
+        }
+        if self.guard is not None:
+            numbers["guard_fallback_clips"] = float(self.clips_guard_fallback)
+        return numbers
+
+    def guard_report(self) -> dict[str, float | bool | None] | None:
+        """What the guard decided, for ``run --json`` (None without a guard)."""
+        if self.guard is None:
+            return None
+        state = self.guard.state
+        return {
+            "confidence_slack": self.guard.confidence_slack,
+            "fallback_clips": self.clips_guard_fallback,
+            "trusted": state.trusted if state else None,
+            "msp_personalised": state.msp_personalised if state else None,
+            "msp_global": state.msp_global if state else None,
+            "disagreement": state.disagreement if state else None,
         }
 
     def close(self) -> None:
@@ -75,6 +127,11 @@ class PersonalHead:
         if self.last_head == "global" or p.hypernet is None:
             return "global"
         status = "" if p.theta_status == "fresh" else f" {p.theta_status}"
+        if self.guard is not None and self.last_guard_weight >= 1.0:
+            return f"global(guard, v{p.hypernet.version}{status})"
+        if self.guard is not None and self.last_guard_weight > 0.0:
+            share = f", {100 * self.last_guard_weight:.0f}% global"
+            return f"personal(v{p.hypernet.version}{status}{share})"
         return f"personal(v{p.hypernet.version}{status})"
 
 

@@ -105,8 +105,23 @@ def personalize(args: argparse.Namespace, state: DeviceState) -> int:
         + (f"; first request with the upload {first_s:.2f} s" if uploaded else "")
     )
     if settings.mode == "per_device":
+        print(_guard_line(runtime, z, personalizer.theta))
         print(f"cached for offline use: `{PROG} run --personalize --source ...` scores with it")
     return 0
+
+
+def _guard_line(runtime, z: np.ndarray, theta: np.ndarray) -> str:
+    """What the device guard of ``run --personalize`` makes of this Θ on this window."""
+    from device_client.head_guard import CONFIDENCE_SLACK, HeadGuard
+
+    fused = runtime.bundle.model.fused_head
+    guard = HeadGuard(fused.weight.detach(), fused.bias.detach(), confidence_slack=CONFIDENCE_SLACK)
+    state = guard.refresh(z, theta)
+    verdict = "keeps the personalised head" if state.trusted else "would serve the global head"
+    return (
+        f"guard: {verdict} (mean max-softmax on the window {state.msp_personalised:.3f} "
+        f"personalised vs {state.msp_global:.3f} global, slack {CONFIDENCE_SLACK})"
+    )
 
 
 def _rate_line(flags: list[bool], truth: list[int] | None) -> str:

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace, state: DeviceState) -> int:
     source = ClipSource(args.source, config.n_frames, config.size)
     source.check()  # a missing camera or a bad file fails here, before any output
     truth = truth_of(source)
-    head = _personal_head(args, state, config, path) if args.personalize else None
+    head = _personal_head(args, state, runtime, path) if args.personalize else None
 
     print(f"{'clip':>5}  {'label':<16} {'ood_score':>10}  {'verdict':<8}head")
     flags: list[bool] = []
@@ -106,7 +106,8 @@ def run(args: argparse.Namespace, state: DeviceState) -> int:
         f"summary: {n_clips} clips, {n_ood} OOD ({100.0 * n_ood / n_clips:.1f} %), "
         f"detector {args.detector} (threshold {threshold:.4f}), {mean_ms:.1f} ms per clip, "
         f"adapt {args.adapt}{', int8' if runtime.is_int8 else ''}, "
-        f"head {head.describe() if head is not None else 'global'}; {source.end_reason}"
+        f"head {head.describe() if head is not None else 'global'}"
+        f"{_guard_note(head)}; {source.end_reason}"
     )
     if head is not None:
         head.close()
@@ -129,6 +130,12 @@ def run(args: argparse.Namespace, state: DeviceState) -> int:
     if args.json:
         print(json.dumps(_run_report(args, flags, truth, head, mean_ms, threshold)))
     return 0
+
+
+def _guard_note(head) -> str:
+    """The summary line's note on guard fallbacks (empty when the guard never fell back)."""
+    fallbacks = head.clips_guard_fallback if head is not None else 0
+    return f", guard fell back on {fallbacks} clips" if fallbacks else ""
 
 
 def truth_of(source) -> list[int] | None:
@@ -167,14 +174,20 @@ def _run_report(args, flags: list[bool], truth, head, mean_ms: float, threshold:
             "hypernet_version": p.hypernet.version if p.hypernet else None,
             "refreshes": p.refreshes,
             "clips_global_head": head.clips_global,
+            "guard": head.guard_report(),
         }
     return report
 
 
-def _personal_head(args, state: DeviceState, config, path: Path):
-    """The personalised head for ``run --personalize`` (cached Θ at once, refreshed by drift)."""
+def _personal_head(args, state: DeviceState, runtime, path: Path):
+    """The personalised head for ``run --personalize`` (cached Θ at once, refreshed by drift),
+    guarded by the global head (see :mod:`device_client.head_guard`)."""
+    from device_client.head_guard import CONFIDENCE_SLACK, HeadGuard
     from device_client.keyring import DeviceKeyring
     from device_client.personal_head import PersonalHead
+
+    config = runtime.bundle.config
+    fused = runtime.bundle.model.fused_head
 
     identity = state.load_identity()
     keyring = DeviceKeyring(state)
@@ -190,7 +203,8 @@ def _personal_head(args, state: DeviceState, config, path: Path):
         min_window=args.window,
         max_age_s=args.theta_max_age,
     )
-    return PersonalHead(personalizer, keyring)
+    guard = HeadGuard(fused.weight.detach(), fused.bias.detach(), confidence_slack=CONFIDENCE_SLACK)
+    return PersonalHead(personalizer, keyring, guard=guard)
 
 
 def model_key(args, state: DeviceState, path: Path) -> str:

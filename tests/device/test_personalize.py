@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import stat
 
 import grpc
@@ -20,6 +21,7 @@ from support import SMALL_PARAMS, make_hypernet
 import device_client.keyring as keyring_module
 from device_client.channel_selection import select_channels
 from device_client.cli import main
+from device_client.head_guard import CONFIDENCE_SLACK
 from device_client.keyring import DeviceKeyring
 from device_client.simulated_camera import truth_path
 from device_client.state import DeviceState
@@ -146,6 +148,19 @@ def test_personalize_then_score_offline_from_the_cache_and_recover(
     assert cached is not None and cached.snapshot.hypernet.version == 1
     assert np.array_equal(cached.snapshot.indices, indices)
     assert float(np.abs(cached.snapshot.theta - expected.numpy()).max()) < 2e-2
+    # personalize also says what the run loop's guard makes of this Θ on this window
+    fused = bundle.model.fused_head
+    with torch.no_grad():
+        global_logits = torch.from_numpy(z) @ fused.weight.double().T + fused.bias.double()
+    personal = personalised_logits(torch.from_numpy(z), torch.from_numpy(cached.snapshot.theta), C)
+    msp_p, msp_g = (
+        float(torch.softmax(x, 1).max(1).values.mean()) for x in (personal, global_logits)
+    )
+    verdict = "keeps the personalised" if msp_p >= msp_g - CONFIDENCE_SLACK else "would serve the"
+    assert f"guard: {verdict}" in out
+    shown = re.search(r"([0-9.]+) personalised vs ([0-9.]+) global", out)
+    assert shown is not None
+    assert [float(x) for x in shown.groups()] == pytest.approx([msp_p, msp_g], abs=2e-3)
 
     # Cloud down: a restarted device scores personalised from its cache and says it is stale.
     gateway.stop()
@@ -182,6 +197,9 @@ def test_personalize_then_score_offline_from_the_cache_and_recover(
     report = json_tail(capsys.readouterr().out)
     assert report["stale"] is False and report["theta_status"] == "fresh"
     assert report["refreshes"] == 1
+    guard = report["guard"]  # the run loop's guard checked the refreshed Θ on its window
+    assert guard["confidence_slack"] == CONFIDENCE_SLACK and guard["trusted"] is not None
+    assert 0 <= guard["fallback_clips"] <= report["clips"]
     refreshed = keyring.cached_theta()
     assert refreshed.snapshot.refreshed_at > cached.snapshot.refreshed_at
     assert refreshed.snapshot.reason.startswith("restart")
