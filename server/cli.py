@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings()
         return args.func(args, settings)
-    except (ValueError, UnknownMethodError, FileNotFoundError, KeyError) as exc:
+    except (ValueError, UnknownMethodError, FileNotFoundError, KeyError, ConnectionError) as exc:
         # User errors: one clear line, no traceback.
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"secdood-server: error: {message}", file=sys.stderr)

@@ -7,6 +7,11 @@ reference features and calibrated thresholds — enough to test plumbing
 
 from __future__ import annotations
 
+import socket
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 
 from shared.models.checkpoint import ModelBundle
@@ -16,6 +21,7 @@ from shared.ood.metrics import calibrate_threshold
 from shared.ood.registry import DETECTORS, make_detector
 
 TINY_CLASSES = ["a", "b", "c"]
+T = TypeVar("T")
 
 
 def make_tiny_bundle(seed: int = 0) -> ModelBundle:
@@ -42,3 +48,24 @@ def make_tiny_bundle(seed: int = 0) -> ModelBundle:
         metrics={"val_accuracy": 0.0},
         train_config={"tiny": True},
     )
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(
+    check: Callable[[], T | None], timeout_s: float, what: str, every_s: float = 1.0
+) -> T:
+    """Poll ``check`` until it returns something other than None/False; fail naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result is not None and result is not False:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(every_s)
