@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -51,8 +52,18 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
     config = json.loads(args.config) if args.config else {}
     config.update(_parse_sets(args.set))
-    validate_config(args.method, config)  # a bad config fails before any progress bar
+    parsed = validate_config(args.method, config)  # a bad config fails before any progress bar
     registry = open_registry(settings)
+    if int(os.environ.get("RANK", "0")) > 0:
+        # A torchrun worker (docs/scaling.md): trains alongside rank 0, which alone records
+        # the job and registers the model.
+        from server.methods.catalog import get_trainer
+
+        trainer = get_trainer(args.method)
+        if getattr(trainer, "needs_registry", False):
+            trainer.registry = registry  # type: ignore[attr-defined]
+        trainer.train(parsed)
+        return 0
     runner = JobRunner(registry)
     job, model = runner.run(args.method, config, progress=console_progress(args.method))
     print(
