@@ -9,7 +9,8 @@ A trainer that loops over minibatches calls three things and is otherwise unchan
 With ``torchrun --nproc_per_node=N`` every rank sees the same global batches (same
 seed), takes every N-th sample of each, and DistributedDataParallel averages the
 gradients, so one optimiser step uses the whole global batch, as in one process.
-Backend: ``nccl`` where CUDA exists, ``gloo`` on CPU. Without torchrun's environment
+Backend: ``gloo`` (CPU tensors, what the trainers use today); ``nccl`` for a trainer
+that moves its model and batches to CUDA. Without torchrun's environment
 (``WORLD_SIZE`` unset or 1) everything is a no-op. BatchNorm statistics stay per rank
 (standard DDP), so results match one process within a tolerance, not bit for bit.
 """
@@ -45,13 +46,12 @@ class DataParallel:
     world_size: int = 1
 
     @classmethod
-    def from_environment(cls, backend: str | None = None) -> DataParallel:
+    def from_environment(cls, backend: str = "gloo") -> DataParallel:
         """Join torchrun's process group (``RANK``/``WORLD_SIZE`` set), or run alone."""
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size <= 1:
             return cls()
         if not dist.is_initialized():
-            backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
             dist.init_process_group(backend=backend)
         return cls(rank=dist.get_rank(), world_size=dist.get_world_size())
 
