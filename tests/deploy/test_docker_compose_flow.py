@@ -2,14 +2,15 @@
 
 Needs a Docker engine, docker-compose and the images that ``make docker`` builds;
 ``make test-docker`` does all of that and then runs this file. It proves, in order:
-compose refuses to start without keys; the server trains its default model and
-turns healthy; two device containers enrol, download and score; REST scoring works
+compose refuses to start without keys; a small model is trained with the image's CLI and
+the server turns healthy; two device containers enrol, download and score; REST scoring works
 from the host; bad device settings fail with one clear line; and after
 ``docker-compose down`` and ``up`` on the same volumes nothing is lost.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -26,8 +27,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.docker]
 ROOT = Path(__file__).resolve().parents[2]
 DEVICES = ("device-fog", "device-noise")
 DEVICE_NAMES = {"cam-fog", "cam-noise"}
-FIRST_START_TIMEOUT_S = 1800  # trains the default model on a fresh volume
+FIRST_START_TIMEOUT_S = 600
 DEVICE_TIMEOUT_S = 900
+SMALL_DATA = {"train_per_class": 60, "val_per_class": 20, "test_per_class": 10,
+              "ood_per_action": 10, "far_count": 40}  # fmt: skip
+SMALL_TRAINING = ["--set", "epochs=2", "--set", f"data={json.dumps(SMALL_DATA)}"]
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -66,13 +70,15 @@ class ComposeStack:
             *args,
         ]
 
-    def __call__(self, *args: str, check: bool = True, **kwargs: Any) -> str:
+    def __call__(
+        self, *args: str, check: bool = True, timeout: float = DEVICE_TIMEOUT_S, **kwargs: Any
+    ) -> str:
         result = subprocess.run(
             self.command(*args, **kwargs),
             env=self.environ,
             capture_output=True,
             text=True,
-            timeout=DEVICE_TIMEOUT_S,
+            timeout=timeout,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"docker-compose {' '.join(args)}: {result.stderr}")
@@ -142,6 +148,11 @@ def test_compose_refuses_to_start_without_keys(stack: ComposeStack, tmp_path: Pa
 
 
 def test_full_flow_and_restart_loses_nothing(stack: ComposeStack) -> None:
+    # A small base model trained by the image's own CLI into the server volume, so the
+    # first start serves at once instead of training the full default model (that path
+    # is tests/service/test_serve_process.py's).
+    trained = stack("run", "--rm", "--no-deps", "server", "train", *SMALL_TRAINING, timeout=1800)
+    assert '"model": "secdood_base"' in trained, trained
     stack("up", "-d", "--no-build", "server")
     stack.wait_healthy(FIRST_START_TIMEOUT_S)
 
