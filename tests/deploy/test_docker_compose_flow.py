@@ -105,7 +105,7 @@ class ComposeStack:
         for service in DEVICES:
             container = self.container(service)
             exit_code = docker("wait", container, timeout=DEVICE_TIMEOUT_S)
-            logs[service] = docker("logs", container)
+            logs[service] = docker("logs", container, stderr=True)
             assert exit_code == "0", f"{service} exited {exit_code}:\n{logs[service]}"
         return logs
 
@@ -116,10 +116,11 @@ class ComposeStack:
         return response.json()
 
 
-def docker(*args: str, timeout: float = 120) -> str:
+def docker(*args: str, timeout: float = 120, stderr: bool = False) -> str:
+    """``docker ARGS``'s output (with its stderr too when ``stderr``, e.g. container logs)."""
     result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"docker {' '.join(args)}: {result.stderr}"
-    return result.stdout.strip()
+    return (result.stdout + (result.stderr if stderr else "")).strip()
 
 
 @pytest.fixture(scope="module")
