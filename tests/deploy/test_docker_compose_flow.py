@@ -148,6 +148,7 @@ def test_compose_refuses_to_start_without_keys(stack: ComposeStack, tmp_path: Pa
     assert "make compose-env" in output and "SECDOOD_ENROLLMENT_KEY" in output
 
 
+@pytest.mark.timeout(3600)  # trains, scores on two devices twice, restarts: minutes, not seconds
 def test_full_flow_and_restart_loses_nothing(stack: ComposeStack) -> None:
     # A small base model trained by the image's own CLI into the server volume, so the
     # first start serves at once instead of training the full default model (that path
