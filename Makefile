@@ -34,7 +34,7 @@ proto: $(STAMP)
 	@if [ -n "$(PROTOS)" ]; then $(BIN)/python -m shared.protogen; fi
 
 demo: proto
-	$(BIN)/python -m server.demo
+	$(BIN)/python scripts/demo.py
 
 test: proto
 	$(BIN)/python -m pytest -q -x --durations=15
@@ -71,6 +71,7 @@ bench: proto
 	$(BIN)/python -m bench.ood_baselines --quick
 	$(BIN)/python -m bench.base_model --quick
 	$(BIN)/python -m bench.personalization --quick
+	$(BIN)/python -m bench.newcomer --quick
 	$(BIN)/python -m bench.device --quick
 	$(BIN)/python -m bench.service --quick
 	$(BIN)/python -m bench.methods --quick

@@ -16,8 +16,9 @@ import time
 import torch
 
 from bench.report import markdown_table, write_json, write_section
-from server.cli import load_registered_bundle
 from server.evaluation import SEVERITIES, evaluate
+from server.jobs import console_progress
+from server.registry.bundles import load_registered_bundle
 from server.settings import Settings
 from server.training.base_model import BaseModelConfig, train_base_model
 
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         source = f"registry model {record.name} v{record.version}"
     else:
         started = time.perf_counter()
-        bundle = train_base_model(BaseModelConfig())
+        bundle = train_base_model(BaseModelConfig(), console_progress("train base model"))
         train_wall = time.perf_counter() - started
         source = "trained from scratch with the default config"
     report = evaluate(bundle, shift_clips=120 if args.quick else args.shift_clips)

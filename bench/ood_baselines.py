@@ -18,8 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from bench.report import IMAGES, markdown_table, write_json, write_section  # noqa: E402
-from server.cli import load_registered_bundle  # noqa: E402
 from server.evaluation import data_config_of, detector_scores, embed_splits  # noqa: E402
+from server.registry.bundles import load_registered_bundle  # noqa: E402
 from server.settings import Settings  # noqa: E402
 from shared.ood.metrics import accuracy, ood_metrics, roc_points  # noqa: E402
 from shared.ood.registry import DETECTORS  # noqa: E402

@@ -22,6 +22,7 @@ markdown table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import statistics
@@ -35,6 +36,8 @@ import torch.nn.functional as F
 
 from bench.report import default_base_model_path, write_section
 from device_client.gateway_client import GatewayClient
+from device_client.keyring import DeviceKeyring, PersonalizationSettings
+from device_client.state import DeviceState
 from server.gateway import build_grpc_server
 from server.registry import open_registry
 from server.settings import Settings
@@ -48,14 +51,9 @@ from server.training.hypernetwork import (
 from shared.channel_importance import channel_importance, random_channels, top_alpha_channels
 from shared.data.corruptions import device_shift
 from shared.data.digit_actions import DigitActionsConfig, load_split
-from shared.he import (
-    CKKSParams,
-    create_context,
-    decrypt_theta,
-    encrypt_selected,
-    public_context_bytes,
-)
+from shared.he import CKKSParams
 from shared.hypernet import hypernet_state, personalised_logits
+from shared.model_names import HYPERNETWORK
 from shared.models.checkpoint import load_bundle
 from shared.ood.metrics import accuracy, ood_metrics
 from shared.pipeline import OODPipeline
@@ -131,15 +129,19 @@ def finetuned_head(bundle, z: torch.Tensor, y: torch.Tensor, epochs: int = 300):
 
 
 def he_costs(hypernet, devices, requests: int) -> dict[str, dict[str, float]]:
-    """Encrypted requests over a loopback gateway: cloud seconds, bytes, logit agreement."""
+    """Encrypted requests over a loopback gateway: cloud seconds, bytes, logit agreement.
+
+    The device side is the product's: a :class:`DeviceKeyring` (default CKKS
+    parameters) makes the keys, uploads the public context when the cloud asks
+    for it, and its Personalizer encrypts, sends and decrypts.
+    """
     state = io.BytesIO()
     torch.save(hypernet_state(hypernet), state)
     a, c = (t.numpy() for t in hypernet.affine_map())
-    classes = hypernet.config.num_classes
-    context = create_context(CKKSParams())
+    embed_dim, classes = a.shape[0], hypernet.config.num_classes
     costs: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as folder, open_registry(None, folder) as registry:
-        registry.register_model("hypernetwork", "hypernetwork", {}, {}, state.getvalue())
+        registry.register_model(HYPERNETWORK, HYPERNETWORK, {}, {}, state.getvalue())
         settings = Settings(
             data_dir=Path(folder),
             host="127.0.0.1",
@@ -149,16 +151,26 @@ def he_costs(hypernet, devices, requests: int) -> dict[str, dict[str, float]]:
         )
         server, port, _ = build_grpc_server(registry, settings)
         server.start()
+        target = f"127.0.0.1:{port}"
         try:
-            client = GatewayClient(f"127.0.0.1:{port}", timeout_s=300)
-            client.enroll(ENROLL_KEY, "bench-cam")
-            client.upload_context(public_context_bytes(context))
+            client = GatewayClient(target, timeout_s=300)
+            device_id = client.enroll(ENROLL_KEY, "bench-cam").device_id
+            keyring = DeviceKeyring(DeviceState(Path(folder) / "device"), CKKSParams())
             z_all = devices[0]["test"].numpy()
             window = z_all[:WINDOW]
             rng = np.random.default_rng(0)
             for key, alpha, method in [*((str(a), a, "importance") for a in ALPHAS)] + [
                 ("random_0.25", 0.25, "random")
             ]:
+                personalizer = keyring.personalizer(
+                    client,
+                    target,
+                    device_id,
+                    embed_dim,
+                    classes,
+                    model_key="bench",
+                    settings=PersonalizationSettings(alpha, "per_sample"),
+                )
                 seconds, ups, downs, diffs = [], [], [], []
                 for i in range(requests):
                     z = z_all[WINDOW + i]
@@ -167,18 +179,17 @@ def he_costs(hypernet, devices, requests: int) -> dict[str, dict[str, float]]:
                         if method == "importance"
                         else random_channels(z.size, alpha, rng)
                     )
-                    reply = client.personalize(
-                        alpha, idx, encrypted=encrypt_selected(context, z, idx)
-                    )
-                    theta = decrypt_theta(context, reply.theta_ciphertexts, c.size)
+                    before = dataclasses.replace(personalizer.stats)
+                    theta = personalizer.request_theta(z, idx)
+                    after = personalizer.stats
                     plain_theta = z[idx] @ a[idx] + c
                     zt = torch.from_numpy(z)[None]
                     diff = personalised_logits(zt, torch.from_numpy(theta), classes) - (
                         personalised_logits(zt, torch.from_numpy(plain_theta), classes)
                     )
-                    seconds.append(reply.he_seconds)
-                    ups.append(reply.bytes_up)
-                    downs.append(reply.bytes_down)
+                    seconds.append(after.he_seconds - before.he_seconds)
+                    ups.append(after.bytes_up - before.bytes_up)
+                    downs.append(after.bytes_down - before.bytes_down)
                     diffs.append(float(diff.abs().max()))
                 costs[key] = {
                     "he_seconds": statistics.median(seconds),

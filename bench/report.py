@@ -88,11 +88,13 @@ def default_base_model_path() -> Path:
     """The latest registered base model of ``$SECDOOD_DATA_DIR`` as a file (trained if absent)."""
     import tempfile
 
-    from server.cli import BASE_MODEL, open_registry
     from server.jobs import ensure_model
+    from server.registry import open_registry
     from server.settings import Settings
+    from shared.model_names import BASE_MODEL
 
-    registry = open_registry(Settings())
+    settings = Settings()
+    registry = open_registry(settings.database_url, settings.data_dir)
     try:
         record = ensure_model(registry, BASE_MODEL)
         path = (

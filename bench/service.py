@@ -440,11 +440,11 @@ def load_artifact(model_path: Path | None) -> tuple[bytes, str]:
     """The base-model artifact to serve (bytes) and where it came from."""
     if model_path is not None:
         return bundle_to_bytes(load_bundle(model_path)), str(model_path)
-    from server.cli import open_registry
     from server.jobs import ensure_model
+    from server.registry import open_registry
 
     settings = Settings()
-    registry = open_registry(settings)
+    registry = open_registry(settings.database_url, settings.data_dir)
     try:
         record = ensure_model(registry, MODEL_NAME)
         data = registry.artifacts.read_bytes(record.artifact_sha256, verify=True)

@@ -1,49 +1,45 @@
-"""``secdood-device``: enrol with the cloud, download the model, score video locally.
+"""secdood-device: enrol with the cloud, download the model, personalise, score video locally.
 
 Examples::
 
     secdood-device enroll --server 127.0.0.1:50051 --enrollment-key KEY --name cam-1 \\
         --corruption fog --severity 3
-    secdood-device download [--variant float]
-    secdood-device run --source clip.mp4|DIR|camera:0 [--adapt none|leantta|zo] [--int8]
+    secdood-device download [--variant float|int8]
+    secdood-device personalize [--source S] [--alpha 0.25] [--mode per_device|per_sample]
+    secdood-device run --source clip.mp4|DIR|camera:0 [--personalize] [--adapt none|leantta|zo]
+    secdood-device status
     secdood-device bench [--quick]
 
-State (id, token, models) lives in ``$SECDOOD_DEVICE_DIR`` or ``~/.secdood-device``
-(see :mod:`device_client.state`). User errors (missing file, unreadable video,
+State (id, token, models, keys, cached personalised head) lives in
+``$SECDOOD_DEVICE_DIR`` or ``~/.secdood-device`` (see :mod:`device_client.state`
+and :mod:`device_client.keyring`). User errors (missing file, unreadable video,
 not enrolled, server unreachable, refused call) print one line and exit with 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 from google.protobuf.json_format import MessageToDict
 
+from device_client.channel_selection import DEFAULT_WINDOW
+from device_client.commands import personalize as personalize_command
+from device_client.commands import run as run_command
+from device_client.commands.common import (
+    DEFAULT_MODEL,
+    EXIT_USER_ERROR,
+    PROG,
+    CliError,
+    connect,
+)
 from device_client.gateway_client import GatewayClient, GatewayClientError
 from device_client.state import DeviceIdentity, DeviceState, NotEnrolledError
 from shared.data.corruptions import CORRUPTIONS
-
-PROG = "secdood-device"
-DEFAULT_MODEL = "secdood_base"
-EXIT_USER_ERROR = 2
-#: clips scored per forward pass; small enough for a Raspberry Pi's memory
-BATCH_CLIPS = 16
-
-
-class CliError(Exception):
-    """A failure to report as one line (no traceback) with exit code 2."""
-
-
-def _client(state: DeviceState) -> tuple[GatewayClient, DeviceIdentity]:
-    identity = state.load_identity()
-    client = GatewayClient(identity.server, token=state.load_token(), root_cert=identity.root_cert)
-    return client, identity
 
 
 def cmd_enroll(args: argparse.Namespace, state: DeviceState) -> int:
@@ -75,11 +71,24 @@ def cmd_enroll(args: argparse.Namespace, state: DeviceState) -> int:
 
 
 def cmd_download(args: argparse.Namespace, state: DeviceState) -> int:
-    client, _identity = _client(state)
+    client, _identity = connect(state)
     dest = state.model_path(args.name, args.variant)
     state.ensure_dirs()
     with client:
-        info = client.download_model(dest, args.name, args.variant, args.version)
+        try:
+            info = client.download_model(dest, args.name, args.variant, args.version)
+        except GatewayClientError as error:
+            if (
+                error.code is not None
+                and error.code.name == "NOT_FOUND"
+                and args.variant != "float"
+            ):
+                raise CliError(
+                    f"the cloud has no {args.variant!r} variant of {args.name}: {error}; on the "
+                    f"server run `secdood-server export --{args.variant}` (serve exports int8 "
+                    "by itself after its first model)"
+                ) from None
+            raise
     state.save_model_info(args.name, args.variant, MessageToDict(info))
     print(
         f"downloaded {info.name} v{info.version} ({info.variant}, {info.size_bytes} bytes, "
@@ -88,104 +97,12 @@ def cmd_download(args: argparse.Namespace, state: DeviceState) -> int:
     return 0
 
 
-def _batches(clips: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
-    batch: list[np.ndarray] = []
-    for clip in clips:
-        batch.append(clip)
-        if len(batch) == size:
-            yield np.stack(batch)
-            batch = []
-    if batch:
-        yield np.stack(batch)
+def cmd_status(args: argparse.Namespace, state: DeviceState) -> int:
+    """What this device knows, without the network."""
+    from device_client.device_status import collect_status, format_status
 
-
-def _model_path(args: argparse.Namespace, state: DeviceState) -> Path:
-    variant = "int8" if args.int8 else args.variant
-    model_path = Path(args.model) if args.model else state.model_path(DEFAULT_MODEL, variant)
-    if not model_path.is_file():
-        hint = f" --variant {variant}" if variant != "float" else ""
-        raise CliError(
-            f"no model at {model_path}; run `{PROG} download{hint}` first (or pass --model FILE)"
-        )
-    return model_path
-
-
-def cmd_run(args: argparse.Namespace, state: DeviceState) -> int:
-    # Imported here: torch and the model code are only needed to score.
-    from tqdm import tqdm
-
-    from device_client.runtime import DeviceRuntime
-    from device_client.sources import ClipSource
-    from shared.ood.registry import DETECTORS
-
-    if not args.source.startswith("camera:") and not Path(args.source).exists():
-        raise CliError(f"video file not found: {args.source}")
-    model_path = _model_path(args, state)
-    if args.detector not in DETECTORS:
-        raise CliError(f"unknown detector {args.detector!r}; choose one of {sorted(DETECTORS)}")
-    runtime = DeviceRuntime.from_artifact(
-        model_path,
-        adapt=args.adapt,
-        adapt_layers=args.adapt_layers,
-        int8=True if args.int8 else None,
-        engine=args.engine,
-    )
-    config = runtime.bundle.config
-    source = ClipSource(args.source, config.n_frames, config.size)
-    source.check()
-
-    print(f"{'clip':>5}  {'label':<16} {'ood_score':>10}  verdict")
-    n_clips = n_ood = 0
-    seconds = 0.0
-    progress = tqdm(
-        desc=f"{source.describe()} [{args.adapt}{', int8' if runtime.is_int8 else ''}]",
-        unit="clip",
-        file=sys.stderr,
-        dynamic_ncols=True,
-        disable=args.quiet,
-    )
-    batch_size = 1 if source.is_camera or args.adapt != "none" else BATCH_CLIPS
-    try:
-        for batch in _batches(iter(source), batch_size):
-            start = time.perf_counter()
-            verdicts = runtime.score_clips(batch, detector=args.detector)
-            seconds += time.perf_counter() - start
-            for label, score, is_ood in zip(
-                verdicts.labels, verdicts.ood_score.tolist(), verdicts.is_ood.tolist(), strict=True
-            ):
-                progress.write(
-                    f"{n_clips:>5}  {label:<16} {score:>10.4f}  {'OOD' if is_ood else 'ID'}",
-                    file=sys.stdout,
-                )
-                n_clips += 1
-                n_ood += int(is_ood)
-            progress.update(len(batch))
-            progress.set_postfix(fps=f"{n_clips * config.n_frames / seconds:.0f}", ood=n_ood)
-    except KeyboardInterrupt:
-        source.end_reason = "interrupted"
-    finally:
-        progress.close()
-    if n_clips == 0:
-        raise CliError(f"{source.describe()}: no complete clip before {source.end_reason}")
-    threshold = runtime.pipeline.threshold(args.detector)
-    mean_ms = 1000.0 * seconds / n_clips
-    print(
-        f"summary: {n_clips} clips, {n_ood} OOD ({100.0 * n_ood / n_clips:.1f} %), "
-        f"detector {args.detector} (threshold {threshold:.4f}), {mean_ms:.1f} ms per clip, "
-        f"adapt {args.adapt}{', int8' if runtime.is_int8 else ''}; {source.end_reason}"
-    )
-    if args.report:
-        client, _identity = _client(state)
-        info = state.load_model_info(DEFAULT_MODEL, "int8" if args.int8 else args.variant) or {}
-        with client:
-            client.report_telemetry(
-                clips_scored=n_clips,
-                ood_flagged=n_ood,
-                mean_latency_ms=mean_ms,
-                frames_per_second=n_clips * config.n_frames / seconds if seconds > 0 else 0.0,
-                model_sha256=info.get("sha256", "") if not args.model else "",
-            )
-        print("telemetry reported")
+    status = collect_status(state)
+    print(json.dumps(status) if args.json else format_status(status))
     return 0
 
 
@@ -244,19 +161,67 @@ def build_parser() -> argparse.ArgumentParser:
     download.set_defaults(func=cmd_download)
 
     run = sub.add_parser("run", help="score a video file, a folder of videos or a camera")
-    run.add_argument("--source", required=True, metavar="FILE.mp4|DIR|camera:N")
-    run.add_argument("--detector", default="energy")
+    run.add_argument(
+        "--source",
+        required=True,
+        metavar="FILE.mp4|DIR|camera:N",
+        help="a video file, a folder of videos (sorted by name) or OpenCV camera N",
+    )
+    run.add_argument(
+        "--detector",
+        default="energy",
+        help="OOD score: energy, msp, maxlogit, gen, temperature, mahalanobis, knn, vim, ... "
+        "(default energy; the threshold comes with the model)",
+    )
     run.add_argument("--variant", default="float", help="which downloaded variant to use")
     run.add_argument("--int8", action="store_true", help="use the int8 model (variant int8)")
-    run.add_argument("--adapt", choices=("none", "leantta", "zo"), default="none")
+    run.add_argument(
+        "--adapt",
+        choices=("none", "leantta", "zo"),
+        default="none",
+        help="test-time adaptation without backprop: none, leantta (per-clip BatchNorm "
+        "statistics) or zo (zeroth-order updates of BatchNorm affine parameters)",
+    )
     run.add_argument(
         "--adapt-layers", type=int, default=3, choices=range(0, 4), help="conv BNs per stream"
     )
     run.add_argument("--engine", help="quantised engine (default: qnnpack on ARM, else x86)")
     run.add_argument("--model", metavar="FILE", help="score with this artifact file instead")
+    run.add_argument(
+        "--personalize",
+        action="store_true",
+        help="score with the personalised head (cached theta at once, refreshed when the "
+        "drift rule fires; offline the cached theta is used and marked stale)",
+    )
+    run.add_argument(
+        "--window",
+        type=int,
+        default=DEFAULT_WINDOW,
+        metavar="CLIPS",
+        help="with --personalize: theta is refreshed from the mean of this many recent clips "
+        f"(default {DEFAULT_WINDOW}); automatic refreshes wait for a full window",
+    )
+    run.add_argument(
+        "--theta-max-age",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="with --personalize: also refresh a theta older than this",
+    )
     run.add_argument("--report", action="store_true", help="send telemetry to the cloud after")
+    run.add_argument(
+        "--json",
+        action="store_true",
+        help="end with one JSON line: clips, head, id_flagged_rate, ood_flagged_rate (known "
+        "for simulate-camera videos), ...",
+    )
     run.add_argument("--quiet", action="store_true", help="no live progress line on stderr")
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=run_command.run)
+
+    _add_personalize(sub)
+    status = sub.add_parser("status", help="enrolment, models, keys, cached theta (offline)")
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    status.set_defaults(func=cmd_status)
 
     bench = sub.add_parser("bench", help="run the device benchmarks on this device")
     bench.add_argument("--quick", action="store_true", help="a small, fast version")
@@ -266,6 +231,45 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
     _add_simulate_camera(sub)
     return parser
+
+
+def _add_personalize(sub) -> None:
+    personalize = sub.add_parser(
+        "personalize",
+        help="get a personalised head from the cloud's HyperNetwork (encrypted)",
+        description="Observe a window of clips, send the top-alpha embedding channels of its "
+        "mean encrypted with CKKS (the secret key never leaves this device), get back the "
+        "personalised head theta, cache it, and print the OOD-flag rate before and after.",
+    )
+    personalize.add_argument(
+        "--source",
+        metavar="FILE.mp4|DIR|camera:N",
+        help="clips to personalise on (default: the enrolled profile's simulated camera, "
+        "else camera:0)",
+    )
+    personalize.add_argument("--clips", type=int, default=64, help="window size in clips")
+    personalize.add_argument(
+        "--alpha", type=float, default=0.25, help="fraction of channels sent, in (0, 1]"
+    )
+    personalize.add_argument(
+        "--mode",
+        choices=("per_device", "per_sample"),
+        default="per_device",
+        help="per_device: one theta for the device, cached, works offline; per_sample: one "
+        "round trip per clip",
+    )
+    personalize.add_argument(
+        "--plaintext", action="store_true", help="send the channels unencrypted (trusted network)"
+    )
+    personalize.add_argument(
+        "--new-keys", action="store_true", help="replace the device's CKKS keys (e.g. damaged)"
+    )
+    personalize.add_argument("--detector", default="energy", help="OOD score for before/after")
+    personalize.add_argument("--variant", default="float", help="which downloaded model to use")
+    personalize.add_argument("--int8", action="store_true", help="use the int8 model")
+    personalize.add_argument("--model", metavar="FILE", help="use this artifact file instead")
+    personalize.add_argument("--seed", type=int, default=1, help="seed of the simulated window")
+    personalize.set_defaults(func=personalize_command.personalize)
 
 
 def _add_simulate_camera(sub) -> None:

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import grpc
 
+from shared.model_names import BASE_MODEL
 from shared.rpc import gateway_pb2, gateway_pb2_grpc
 
 CHUNK_BYTES = 1 << 20
@@ -95,7 +96,8 @@ class GatewayClient:
 
     ``token`` authenticates every call but :meth:`enroll` (which sets it).
     ``root_cert`` (PEM bytes or a file path) switches to TLS and says which
-    certificate to trust; without it the channel is plaintext.
+    certificate to trust; without it the channel is plaintext. ``interceptors``
+    (gRPC client interceptors) see every call, e.g. to audit what leaves the device.
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class GatewayClient:
         token: str | None = None,
         root_cert: bytes | str | os.PathLike[str] | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        interceptors: Sequence[grpc.UnaryUnaryClientInterceptor | Any] = (),
     ) -> None:
         if not isinstance(target, str) or ":" not in target:
             raise ValueError(f"target must be 'host:port', got {target!r}")
@@ -121,6 +124,8 @@ class GatewayClient:
         else:
             credentials = grpc.ssl_channel_credentials(root_certificates=_read_pem(root_cert))
             self._channel = grpc.secure_channel(target, credentials, options=options)
+        if interceptors:
+            self._channel = grpc.intercept_channel(self._channel, *interceptors)
         self._stub = gateway_pb2_grpc.DeviceGatewayStub(self._channel)
 
     def close(self) -> None:
@@ -201,7 +206,7 @@ class GatewayClient:
     def download_model(
         self,
         dest_path: str | os.PathLike[str],
-        name: str = "secdood_base",
+        name: str = BASE_MODEL,
         variant: str = "float",
         version: int = 0,
     ) -> gateway_pb2.ModelInfo:

@@ -18,12 +18,17 @@ changed — fewer than ``min_overlap`` (default ½) of the cached channels are s
 in the current top-α set — or (b) the score distribution has moved — the mean
 Energy score (−logsumexp of the personalised logits) of the current window
 differs from its value at the last refresh by more than ``score_shift`` (default
-3) standard deviations of the scores then. When the cloud is unreachable the
-cached Θ stays in use and :attr:`stale` is set.
+3) standard deviations of the scores then. A refresh is also due for a Θ
+restored from disk (:meth:`Personalizer.restore`: the device restarted) and one
+older than ``max_age_s``. When the cloud is unreachable the cached Θ stays in
+use, :attr:`stale` is set, and the refresh is retried every ``retry_every``
+clips, so the device recovers by itself when the cloud is back.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -36,6 +41,7 @@ from device_client.gateway_client import PersonalizeReply, ServerUnreachableErro
 from shared.channel_importance import DEFAULT_ALPHA
 from shared.he import decrypt_theta, encrypt_selected
 from shared.hypernet import personalised_logits
+from shared.ood.energy import energy
 
 PersonalizeMode = Literal["per_sample", "per_device"]
 
@@ -62,6 +68,27 @@ class WireStats:
     he_seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class HyperNetIdentity:
+    """Which registered HyperNetwork produced a Θ (from the Personalize reply)."""
+
+    name: str
+    version: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ThetaSnapshot:
+    """Everything needed to use a per-device Θ again after a restart (no network)."""
+
+    theta: np.ndarray  # [D·C + C]
+    indices: np.ndarray  # the channels it was generated from
+    score_reference: tuple[float, float]  # mean and std of the window's Energy scores then
+    hypernet: HyperNetIdentity
+    refreshed_at: float  # UNIX seconds
+    reason: str  # why it was refreshed
+
+
 class Personalizer:
     """Personalised logits for one device, encrypted (default) or plaintext."""
 
@@ -78,6 +105,10 @@ class Personalizer:
         min_overlap: float = 0.5,
         score_shift: float = 3.0,
         seed: int | None = None,
+        max_age_s: float | None = None,
+        retry_every: int = 16,
+        min_window: int = 2,
+        on_refresh: Callable[[ThetaSnapshot], None] | None = None,
     ) -> None:
         if mode not in ("per_sample", "per_device"):
             raise ValueError(f"mode must be 'per_sample' or 'per_device', got {mode!r}")
@@ -85,6 +116,10 @@ class Personalizer:
             raise ValueError("encrypted mode needs the device's private context (secret key)")
         if not 0.0 <= min_overlap <= 1.0 or score_shift <= 0:
             raise ValueError("min_overlap must be in [0, 1] and score_shift > 0")
+        if (max_age_s is not None and not max_age_s > 0) or retry_every < 1:
+            raise ValueError("max_age_s must be > 0 (or None) and retry_every >= 1")
+        if not 2 <= min_window <= window:
+            raise ValueError(f"min_window must be in [2, window = {window}], got {min_window}")
         self.transport = transport
         self.embed_dim = embed_dim
         self.num_classes = num_classes
@@ -94,11 +129,20 @@ class Personalizer:
         self.min_overlap = min_overlap
         self.score_shift = score_shift
         self.stats = WireStats()
+        self.max_age_s = max_age_s
+        self.retry_every = retry_every
+        #: embeddings the window must hold before an automatic refresh
+        self.min_window = min_window
+        self.on_refresh = on_refresh
+        #: the last Θ could not be refreshed because the cloud was unreachable
         self.stale = False
         self.refreshes = 0
-        self._theta: np.ndarray | None = None
-        self._theta_indices: np.ndarray | None = None
-        self._score_reference: tuple[float, float] | None = None
+        #: the HyperNetwork of the last reply (per-sample) or of the cached Θ
+        self.hypernet: HyperNetIdentity | None = None
+        self.snapshot: ThetaSnapshot | None = None
+        #: why a refresh is due before the drift rule says so (e.g. a restored Θ); None if not
+        self._due: str | None = None
+        self._clips_since_attempt = 0
 
     @property
     def encrypted(self) -> bool:
@@ -111,7 +155,29 @@ class Personalizer:
     @property
     def theta(self) -> np.ndarray | None:
         """The cached per-device Θ [D·C + C] (None before the first refresh)."""
-        return self._theta
+        return None if self.snapshot is None else self.snapshot.theta
+
+    @property
+    def theta_status(self) -> str:
+        """``"none"``, ``"fresh"`` (refreshed in this process), ``"cached"`` (restored from
+        disk, not yet confirmed) or ``"stale"`` (a refresh was due; the cloud was unreachable).
+        Per-sample mode asks for a fresh Θ for every clip."""
+        if self.mode == "per_sample":
+            return "fresh" if self.hypernet is not None else "none"
+        if self.snapshot is None:
+            return "none"
+        if self.stale:
+            return "stale"
+        return "cached" if self._due == RESTORED else "fresh"
+
+    def restore(self, snapshot: ThetaSnapshot) -> None:
+        """Use a Θ saved by an earlier run at once; it is refreshed once a window is seen."""
+        theta = np.asarray(snapshot.theta, dtype=np.float64)
+        if theta.shape != (self.theta_size,):
+            raise ValueError(f"cached theta has {theta.size} values, expected {self.theta_size}")
+        self.snapshot = snapshot
+        self.hypernet = snapshot.hypernet
+        self._due = RESTORED
 
     def observe(self, embeddings: np.ndarray) -> None:
         """Feed recent embeddings [N, D] into the selection window (no network)."""
@@ -137,41 +203,68 @@ class Personalizer:
         self.stats.bytes_up += reply.bytes_up
         self.stats.bytes_down += reply.bytes_down
         self.stats.he_seconds += reply.he_seconds
+        self.hypernet = HyperNetIdentity(reply.model_name, reply.model_version, reply.model_sha256)
         return theta
 
-    def refresh(self) -> np.ndarray:
+    def refresh(self, reason: str = "requested") -> np.ndarray:
         """Per-device Θ from the window mean; cached with its selection and score reference."""
         window = self.selector.window
         if len(window) < 2:
             raise ValueError("observe at least 2 embeddings before personalising")
         indices = self.selector.select()
         theta = self.request_theta(window.mean(axis=0), indices)
-        self._theta, self._theta_indices = theta, indices
-        scores = _energy(
+        scores = energy(
             personalised_logits(torch.from_numpy(window), torch.from_numpy(theta), self.num_classes)
         )
-        self._score_reference = (float(scores.mean()), float(scores.std()) + 1e-6)
+        assert self.hypernet is not None  # set by request_theta
+        self.snapshot = ThetaSnapshot(
+            theta=theta,
+            indices=indices,
+            score_reference=(float(scores.mean()), float(scores.std()) + 1e-6),
+            hypernet=self.hypernet,
+            refreshed_at=time.time(),
+            reason=reason,
+        )
         self.stale = False
+        self._due = None
         self.refreshes += 1
+        if self.on_refresh is not None:
+            self.on_refresh(self.snapshot)
         return theta
+
+    def refresh_reason(self) -> str | None:
+        """Why the per-device Θ should be refreshed now (None: keep it)."""
+        if self.snapshot is None:
+            return "first personalisation"
+        if self._due is not None:
+            return self._due
+        if self.max_age_s is not None and time.time() - self.snapshot.refreshed_at > self.max_age_s:
+            return "age"
+        return self.drift_reason()
 
     def drifted(self) -> bool:
         """The documented drift rule (selection overlap or Energy-score shift)."""
-        if self._theta is None or self._theta_indices is None or self._score_reference is None:
-            return True
+        return self.snapshot is None or self.drift_reason() is not None
+
+    def drift_reason(self) -> str | None:
+        """``"selection drift"``, ``"score drift"`` or None (see the module docstring)."""
+        if self.snapshot is None:
+            return None
         window = self.selector.window
         if len(window) < 2:
-            return False
-        current = self.selector.select() if self.selector.method == "importance" else None
-        if current is not None:
-            overlap = np.intersect1d(current, self._theta_indices).size / current.size
+            return None
+        if self.selector.method == "importance":
+            current = self.selector.select()
+            overlap = np.intersect1d(current, self.snapshot.indices).size / current.size
             if overlap < self.min_overlap:
-                return True
+                return "selection drift"
         logits = personalised_logits(
-            torch.from_numpy(window), torch.from_numpy(self._theta), self.num_classes
+            torch.from_numpy(window), torch.from_numpy(self.snapshot.theta), self.num_classes
         )
-        mean, std = self._score_reference
-        return abs(float(_energy(logits).mean()) - mean) > self.score_shift * std
+        mean, std = self.snapshot.score_reference
+        if abs(float(energy(logits).mean()) - mean) > self.score_shift * std:
+            return "score drift"
+        return None
 
     def logits(self, z: np.ndarray) -> torch.Tensor:
         """Personalised logits [N, C] for embeddings z [N, D] (also added to the window)."""
@@ -188,19 +281,36 @@ class Personalizer:
             return personalised_logits(
                 torch.from_numpy(z), torch.from_numpy(thetas), self.num_classes
             )
-        if self.drifted():
-            try:
-                self.refresh()
-            except ServerUnreachableError:
-                if self._theta is None:
-                    raise
-                self.stale = True  # offline: keep using the last Θ
-        assert self._theta is not None
+        self._refresh_if_due(len(z))
+        assert self.snapshot is not None  # _refresh_if_due raised otherwise
         return personalised_logits(
-            torch.from_numpy(z), torch.from_numpy(self._theta), self.num_classes
+            torch.from_numpy(z), torch.from_numpy(self.snapshot.theta), self.num_classes
         )
 
+    def _refresh_if_due(self, new_clips: int) -> None:
+        """Refresh when the rules say so; offline, keep the cached Θ and retry later."""
+        self._clips_since_attempt += new_clips
+        if self.stale and self._clips_since_attempt < self.retry_every:
+            return  # offline: do not hammer the network on every clip
+        reason = self.refresh_reason()
+        if reason is None:
+            return
+        if len(self.selector) < self.min_window:
+            if self.snapshot is None:
+                raise ValueError(
+                    f"observe at least {self.min_window} embeddings before personalising"
+                )
+            return
+        if self.stale:
+            reason = f"{reason} (retry after the cloud was unreachable)"
+        self._clips_since_attempt = 0
+        try:
+            self.refresh(reason)
+        except ServerUnreachableError:
+            if self.snapshot is None:
+                raise
+            self.stale = True  # offline: keep using the last Θ
 
-def _energy(logits: torch.Tensor) -> torch.Tensor:
-    """Energy OOD score −logsumexp(logits) [N]; higher = more OOD."""
-    return -torch.logsumexp(logits, dim=1)
+
+#: the refresh reason of a Θ restored from disk
+RESTORED = "restart (confirm the cached theta)"

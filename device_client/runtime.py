@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,19 +243,33 @@ class DeviceRuntime:
     def is_int8(self) -> bool:
         return type(self.bundle.model).__name__ == "Int8TwoStreamNet"
 
-    def score_clips(self, frames: np.ndarray, detector: str = DEFAULT_DETECTOR) -> Verdicts:
+    def score_clips(
+        self,
+        frames: np.ndarray,
+        detector: str = DEFAULT_DETECTOR,
+        head: Callable[[Tensor], Tensor | None] | None = None,
+    ) -> Verdicts:
         """uint8 clips [N, T, H, W, 3] -> verdicts (flow computed here)."""
         rgb = frames_to_tensor(frames)
         flow = flow_to_tensor(compute_flow_batch(frames))
-        return self.score_tensors(rgb, flow, detector)
+        return self.score_tensors(rgb, flow, detector, head)
 
     def score_tensors(
-        self, rgb: Tensor, flow: Tensor, detector: str = DEFAULT_DETECTOR
+        self,
+        rgb: Tensor,
+        flow: Tensor,
+        detector: str = DEFAULT_DETECTOR,
+        head: Callable[[Tensor], Tensor | None] | None = None,
     ) -> Verdicts:
-        """Model-ready inputs -> verdicts; in mode ``"zo"`` the clips then feed the adapter."""
+        """Model-ready inputs -> verdicts; in mode ``"zo"`` the clips then feed the adapter.
+
+        ``head`` maps the embeddings z [N, D] to logits [N, C] (e.g. a personalised
+        classifier); None from it, or no ``head``, means the model's global head.
+        """
         with torch.inference_mode():
             features = self.bundle.model.embed(rgb, flow)
-        verdicts = self.pipeline.score_features(features, detector)
+        logits = head(features) if head is not None else None
+        verdicts = self.pipeline.score_features(features, detector, logits=logits)
         if self.adapter is not None:
             self.adapter.observe(rgb, flow)
         return verdicts

@@ -55,6 +55,22 @@ def simulated_stream(
     return np.concatenate(frames)[order], [truth[i] for i in order]
 
 
+def truth_path(video: str | Path) -> Path:
+    """Where the ground truth of a simulated camera video is kept."""
+    return Path(video).with_suffix(".truth.json")
+
+
+def load_truth(video: str | Path) -> list[int] | None:
+    """Per-clip labels (class index, or -1 for OOD) of a simulated video; None without truth."""
+    path = truth_path(video)
+    if not path.is_file():
+        return None
+    try:
+        return [int(clip["label"]) for clip in json.loads(path.read_text())["clips"]]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is damaged ({error!r}); write it again") from None
+
+
 def write_simulated_camera(
     out: str | Path,
     n_clips: int = 24,
@@ -70,5 +86,5 @@ def write_simulated_camera(
     n, t, h, w, c = frames.shape
     write_video(out, frames.reshape(n * t, h, w, c), fps=fps)
     truth = {"n_frames": t, "corruption": corruption, "severity": severity, "clips": clips}
-    out.with_suffix(".truth.json").write_text(json.dumps(truth, indent=1))
+    truth_path(out).write_text(json.dumps(truth, indent=1))
     return out

@@ -5,12 +5,15 @@
 (frames area-resized to the model input). Files that are missing, empty, unreadable, too short
 or whose frames are smaller than the model input raise a clear error before anything is scored;
 a camera that stops delivering frames ends the stream, and :attr:`ClipSource.end_reason` says so.
+A camera is opened by :meth:`ClipSource.check` (OpenCV's own warnings silenced), so a missing
+camera is one clear error before any output.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,17 @@ from shared.data.video_io import VideoError, iter_frames, resize_frames
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm")
 CAMERA_PREFIX = "camera:"
+
+
+@contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """Silence OpenCV's log (e.g. V4L2 warnings for a missing camera); errors are ours to say."""
+    previous = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(previous)
 
 
 def _check_frame(frame: np.ndarray, size: int, where: str) -> None:
@@ -84,6 +98,7 @@ class ClipSource:
         self.capture_factory = capture_factory
         self.end_reason = "end of input"
         self.camera: int | None = None
+        self._capture: Any = None
         self.files: list[Path] = []
         if self.spec.startswith(CAMERA_PREFIX):
             index = self.spec[len(CAMERA_PREFIX) :]
@@ -109,8 +124,10 @@ class ClipSource:
         return self.files[0].name if len(self.files) == 1 else f"{len(self.files)} video files"
 
     def check(self) -> None:
-        """Open every file and check its first frame, so a bad file in a folder fails before
-        any clip is scored (cameras are checked when the stream starts)."""
+        """Open every file and check its first frame (or open the camera), so a bad source
+        fails before anything is printed or scored."""
+        if self.is_camera and self._capture is None:
+            self._capture = self._open_camera()
         for path in self.files:
             if path.stat().st_size == 0:
                 raise VideoError(f"{path} is empty (0 bytes)")
@@ -130,13 +147,21 @@ class ClipSource:
         finally:
             capture.release()
 
+    def _open_camera(self) -> Any:
+        factory = self.capture_factory or cv2.VideoCapture  # looked up late: testable
+        with _quiet_opencv():
+            capture = factory(self.camera)
+            opened = capture.isOpened()
+        if not opened:
+            capture.release()
+            raise VideoError(
+                f"camera {self.camera} could not be opened (no such camera, or it is busy)"
+            )
+        return capture
+
     def __iter__(self) -> Iterator[np.ndarray]:
         if self.is_camera:
-            factory = self.capture_factory or cv2.VideoCapture  # looked up late: testable
-            capture = factory(self.camera)
-            if not capture.isOpened():
-                capture.release()
-                raise VideoError(f"camera {self.camera} could not be opened")
+            capture, self._capture = self._capture or self._open_camera(), None
             where = f"camera {self.camera}"
             yield from clips_from_frames(
                 self._camera_frames(capture), self.n_frames, self.size, where

@@ -4,7 +4,9 @@ Start-up order: open the registry (migrations run) → resolve keys → start
 gRPC and REST (both *live* at once) → in the background, make sure a base model
 exists (train the default one on an empty data directory, progress in the
 log) and load it → only then report *ready* (REST ``/v2/health/ready`` and the
-gRPC health service). SIGINT/SIGTERM stop accepting new work, let in-flight
+gRPC health service) → then, still in the background, export the int8 variant
+devices download for ``secdood-device run --int8`` and train the HyperNetwork
+for personalisation when they are missing. SIGINT/SIGTERM stop accepting new work, let in-flight
 requests finish (grace period), then close the registry.
 """
 
@@ -26,15 +28,15 @@ from server.registry import Registry, open_registry
 from server.registry.errors import NotFoundError
 from server.registry.tables import JobState
 from server.rest.app import create_app
-from server.rest.state import BASE_MODEL_NAME, ServiceState
+from server.rest.state import ServiceState
 from server.settings import Settings
+from shared.model_names import BASE_MODEL, HYPERNETWORK
 
 log = logging.getLogger("secdood.serve")
 
 #: seconds in-flight requests get to finish on shutdown
 GRACE_SECONDS = 10.0
 KEY_FIELDS = ("enrollment_key", "scoring_api_key", "admin_api_key")
-HYPERNETWORK = "hypernetwork"
 
 
 def resolve_keys(settings: Settings) -> Settings:
@@ -140,23 +142,40 @@ class Service:
         """Make sure a base model exists and load it; then report ready."""
         try:
             try:
-                self.registry.get_model(BASE_MODEL_NAME)
+                self.registry.get_model(BASE_MODEL)
             except NotFoundError:
                 if not self.settings.bootstrap_model:
                     log.warning(
                         "no %s model and bootstrap is off; not ready until one is registered",
-                        BASE_MODEL_NAME,
+                        BASE_MODEL,
                     )
                     return
-                log.info("empty registry: training the default %s model", BASE_MODEL_NAME)
-                self.jobs.run(BASE_MODEL_NAME, {}, progress=_log_progress())
+                log.info("empty registry: training the default %s model", BASE_MODEL)
+                self.jobs.run(BASE_MODEL, {}, progress=_log_progress())
             record = self.state.load_model()
             set_serving(self.health, True)
             log.info("ready: serving %s v%d", record.name, record.version)
+            try:
+                self._bootstrap_int8()
+            except Exception:  # devices still have the float model; say why int8 is missing
+                log.exception("int8 export failed; devices can download the float model")
             self._bootstrap_hypernetwork()
         except Exception as exc:  # keep the process alive and say why it is not ready
             self.bootstrap_error = exc
             log.exception("bootstrap failed; the server stays live but not ready")
+
+    def _bootstrap_int8(self) -> None:
+        """Devices run ``--int8`` from the variant "int8" of the same version; export it once."""
+        from server.export import export_latest_int8
+
+        float_record = self.registry.latest_model(BASE_MODEL, "float")
+        try:
+            self.registry.get_model(BASE_MODEL, version=float_record.version, variant="int8")
+        except NotFoundError:
+            if self.settings.bootstrap_model:
+                log.info("exporting the int8 variant of %s v%d", BASE_MODEL, float_record.version)
+                record = export_latest_int8(self.registry, BASE_MODEL)
+                log.info("int8 variant ready (%d bytes)", record.size_bytes)
 
     def _bootstrap_hypernetwork(self) -> None:
         """Personalisation needs a HyperNetwork; train one after the base model (scoring is

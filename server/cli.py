@@ -1,4 +1,7 @@
-"""``secdood-server``: train, evaluate, serve and export from one command.
+"""secdood-server: train, evaluate, serve and export from one command.
+
+A leaf: it parses arguments and calls the library (the registry, the job
+runner, the evaluation, the service); nothing imports it but the console entry point.
 
 Examples::
 
@@ -18,10 +21,10 @@ import os
 import sys
 from typing import Any
 
-from server.methods.catalog import UnknownMethodError, method_names
+from server.methods.catalog import UnknownMethodError, method_names, method_summary
+from server.registry import open_registry
 from server.settings import Settings
-
-BASE_MODEL = "secdood_base"
+from shared.model_names import BASE_MODEL
 
 
 def _parse_sets(pairs: list[str]) -> dict[str, Any]:
@@ -38,14 +41,6 @@ def _parse_sets(pairs: list[str]) -> dict[str, Any]:
     return config
 
 
-def open_registry(settings: Settings):
-    """The registry for these settings (database + artifact store under data_dir)."""
-    from server.registry import open_registry as _open
-
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return _open(settings.database_url, settings.data_dir)
-
-
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from server.jobs import JobRunner, console_progress
     from server.methods.catalog import validate_config
@@ -53,19 +48,19 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     config = json.loads(args.config) if args.config else {}
     config.update(_parse_sets(args.set))
     parsed = validate_config(args.method, config)  # a bad config fails before any progress bar
-    registry = open_registry(settings)
-    if int(os.environ.get("RANK", "0")) > 0:
-        # A torchrun worker (docs/scaling.md): trains alongside rank 0, which alone records
-        # the job and registers the model.
-        from server.methods.catalog import get_trainer
+    with open_registry(settings.database_url, settings.data_dir) as registry:
+        if int(os.environ.get("RANK", "0")) > 0:
+            # A torchrun worker (docs/scaling.md): trains alongside rank 0, which alone
+            # records the job and registers the model.
+            from server.methods.catalog import get_trainer
 
-        trainer = get_trainer(args.method)
-        if getattr(trainer, "needs_registry", False):
-            trainer.registry = registry  # type: ignore[attr-defined]
-        trainer.train(parsed)
-        return 0
-    runner = JobRunner(registry)
-    job, model = runner.run(args.method, config, progress=console_progress(args.method))
+            trainer = get_trainer(args.method)
+            if getattr(trainer, "needs_registry", False):
+                trainer.registry = registry  # type: ignore[attr-defined]
+            trainer.train(parsed)
+            return 0
+        runner = JobRunner(registry)
+        job, model = runner.run(args.method, config, progress=console_progress(args.method))
     print(
         json.dumps(
             {"job": job.id, "model": model.name, "version": model.version, "metrics": model.metrics}
@@ -74,30 +69,9 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def load_registered_bundle(
-    settings: Settings,
-    name: str = BASE_MODEL,
-    version: int | None = None,
-    train_if_missing: bool = False,
-):
-    """``(record, bundle)`` of a registered base model.
-
-    NotFoundError when it is absent, unless ``train_if_missing`` (then the
-    default config is trained first, with a progress bar).
-    """
-    from server.jobs import ensure_model
-    from shared.models.checkpoint import bundle_from_bytes
-
-    with open_registry(settings) as registry:
-        if train_if_missing and version is None:
-            record = ensure_model(registry, name)
-        else:
-            record = registry.get_model(name, version=version)
-        return record, bundle_from_bytes(registry.artifacts.read_bytes(record.artifact_sha256))
-
-
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     from server.evaluation import evaluate, format_report
+    from server.registry.bundles import load_registered_bundle
 
     record, bundle = load_registered_bundle(settings, args.model, args.version)
     report = evaluate(bundle, shift_clips=args.shift_clips)
@@ -107,15 +81,23 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_methods(args: argparse.Namespace, settings: Settings) -> int:
-    for name in method_names():
-        print(name)
+    names = method_names()
+    width = max(map(len, names))
+    for name in names:
+        print(f"{name:<{width}}  {method_summary(name)}".rstrip())
     return 0
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from server.app import serve
 
-    serve(settings)
+    overrides = {
+        name: getattr(args, name)
+        for name in ("host", "grpc_port", "rest_port", "data_dir")
+        if getattr(args, name) is not None
+    }
+    # Validate the overrides exactly as the environment would be (ports in range, ...).
+    serve(Settings.model_validate(settings.model_dump() | overrides))
     return 0
 
 
@@ -124,7 +106,8 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 
     if not args.int8:
         raise ValueError("choose an export format: --int8")
-    record = export_latest_int8(open_registry(settings), args.model, args.calibration_clips)
+    with open_registry(settings.database_url, settings.data_dir) as registry:
+        record = export_latest_int8(registry, args.model, args.calibration_clips)
     print(
         json.dumps(
             {"model": record.name, "version": record.version, "variant": record.variant}
@@ -142,7 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a method and register its artifact")
     train.add_argument("--method", default=BASE_MODEL, help=f"one of: {', '.join(method_names())}")
     train.add_argument("--config", help="the method's config as a JSON object")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one config field (repeatable; values parsed as JSON when they can be), "
+        "e.g. --set epochs=5",
+    )
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a base model: accuracy, OOD, device shift")
@@ -161,9 +151,34 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--calibration-clips", type=int, default=256)
     export.set_defaults(func=cmd_export)
 
-    serve = sub.add_parser("serve", help="start the gRPC gateway and the REST API")
+    serve = sub.add_parser(
+        "serve",
+        help="start the gRPC gateway and the REST API",
+        description="Start the gRPC device gateway and the REST API in one process.\nEvery "
+        "setting is read from a SECDOOD_* environment variable; the options below\noverride "
+        "the most common ones.",
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--host", help="address both servers bind to (SECDOOD_HOST)")
+    serve.add_argument("--grpc-port", type=int, help="gRPC port (SECDOOD_GRPC_PORT)")
+    serve.add_argument("--rest-port", type=int, help="REST port (SECDOOD_REST_PORT)")
+    serve.add_argument("--data-dir", help="registry and artifacts (SECDOOD_DATA_DIR)")
     serve.set_defaults(func=cmd_serve)
     return parser
+
+
+def settings_help() -> str:
+    """The SECDOOD_* settings with their defaults, for ``serve --help``."""
+    lines = [
+        "settings (environment variables; see docs/operations.md). Unset keys are generated",
+        "on first start into $SECDOOD_DATA_DIR/keys.json (mode 0600).",
+    ]
+    for name, field in Settings.model_fields.items():
+        default = "unset" if field.default is None else field.default
+        what = f" — {field.description}" if field.description else ""
+        lines.append(f"  SECDOOD_{name.upper():<18} default {default}{what}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

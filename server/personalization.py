@@ -31,8 +31,9 @@ from server.registry.records import ModelRecord
 from shared.channel_importance import channel_count, check_alpha, check_indices
 from shared.he import chunk_bounds, ciphertext_from, load_public_context, output_chunk_size
 from shared.hypernet import HyperNetworkConfig, hypernet_from_state
+from shared.model_names import HYPERNETWORK
 
-DEFAULT_HYPERNET = "hypernetwork"
+DEFAULT_HYPERNET = HYPERNETWORK
 #: loaded public contexts kept in memory (each ≈ 100+ MB once parsed at N = 8192)
 MAX_CACHED_CONTEXTS = 4
 NO_CONTEXT = (

@@ -17,6 +17,9 @@ import numpy as np
 import tenseal as ts
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+#: how the cloud says a ciphertext was not made under the context it holds for the device
+#: (the device then uploads its current public context and asks again)
+FOREIGN_CIPHERTEXT = "does not parse under this device's context"
 #: SEAL's limit on the total coefficient-modulus bits at 128-bit security, per ring size N
 MAX_MODULUS_BITS: dict[int, int] = {4096: 109, 8192: 218, 16384: 438, 32768: 881}
 
@@ -152,7 +155,7 @@ def ciphertext_from(context: ts.Context, data: bytes) -> ts.CKKSVector:
         return ts.ckks_vector_from(context, data)
     except Exception as error:
         raise ValueError(
-            f"ciphertext does not parse under this device's context ({error}); send "
+            f"ciphertext {FOREIGN_CIPHERTEXT} ({error}); send "
             "CKKSVector.serialize() made with the context you uploaded"
         ) from None
 

@@ -2,7 +2,8 @@
 
 ``make_tiny_bundle`` builds a randomly initialised, untrained base model with
 reference features and calibrated thresholds — enough to test plumbing
-(transport, registry, CLI), never accuracy.
+(transport, registry, CLI), never accuracy. ``make_hypernet`` and
+``SMALL_PARAMS`` (a small CKKS ring) do the same for personalisation.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import TypeVar
 
 import torch
 
+from shared.he import CKKSParams
+from shared.hypernet import HyperNetwork, HyperNetworkConfig
 from shared.models.checkpoint import ModelBundle
 from shared.models.two_stream import TwoStreamConfig, TwoStreamNet
 from shared.ood.base import Evidence, LinearHead
@@ -69,3 +72,21 @@ def wait_until(
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(every_s)
+
+
+#: small ring for plumbing tests (keys in well under a second); precision ~1e-3
+SMALL_PARAMS = CKKSParams(poly_modulus_degree=4096, coeff_mod_bit_sizes=(40, 29, 40), scale_bits=29)
+
+
+def make_hypernet(embed_dim: int, num_classes: int, variant: str = "one_m", seed: int = 0):
+    """An eval-mode H whose BatchNorms have non-trivial running statistics and affine weights."""
+    torch.manual_seed(seed)
+    model = HyperNetwork(HyperNetworkConfig(embed_dim, num_classes, variant, hidden_dim=16))
+    with torch.no_grad():
+        for norm in (model.kernel_norm, model.bias_norm):
+            norm.weight.uniform_(0.05, 0.3)
+            norm.bias.normal_(0.0, 0.5)
+        model.train()
+        for _ in range(5):  # move the running statistics away from (0, 1)
+            model(torch.rand(64, embed_dim) * 2.0)
+    return model.eval()

@@ -12,11 +12,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from server.methods.base import MethodTrainer
+from shared.model_names import BASE_MODEL, HYPERNETWORK
 
 #: method name → "module:attribute" of its trainer object
 METHOD_PATHS: dict[str, str] = {
-    "secdood_base": "server.training.base_model:TRAINER",
-    "hypernetwork": "server.training.hypernetwork:TRAINER",
+    BASE_MODEL: "server.training.base_model:TRAINER",
+    HYPERNETWORK: "server.training.hypernetwork:TRAINER",
     # Forward-Forward spiking net and its two baselines (docs/algorithms.md)
     "ff_snn": "server.methods.forward_forward:FF_SNN_TRAINER",
     "ff": "server.methods.forward_forward:FF_TRAINER",
@@ -29,6 +30,25 @@ METHOD_PATHS: dict[str, str] = {
     # Expectation Backpropagation (binary weights, mean-field)
     "ebp": "server.methods.ebp:TRAINER",
 }
+
+#: one line per method for ``secdood-server methods`` (docs/algorithms.md has the details)
+METHOD_SUMMARIES: dict[str, str] = {
+    BASE_MODEL: "SecDOOD two-stream (RGB + optical flow) video model with OOD detectors",
+    HYPERNETWORK: "SecDOOD HyperNetwork: a device's classifier from its (encrypted) embedding",
+    "ff_snn": "Forward-Forward spiking net: layer-local goodness of LIF spike counts",
+    "ff": "Forward-Forward with ReLU layers (non-spiking baseline)",
+    "bp_snn": "spiking net trained by backprop through time (baseline for ff_snn)",
+    "il": "predictive coding, inference learning",
+    "zil": "predictive coding, zero-divergence inference learning (equals backprop)",
+    "fa_zil": "predictive coding, fully autonomous Z-IL",
+    "pc_bp": "the same network trained by backprop (baseline for il/zil/fa_zil)",
+    "ebp": "Expectation Backpropagation: mean-field binary weights, no learning rate",
+}
+
+
+def method_summary(name: str) -> str:
+    """The one-line description of ``name`` ("" if it has none)."""
+    return METHOD_SUMMARIES.get(name, "")
 
 
 class UnknownMethodError(ValueError):

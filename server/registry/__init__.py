@@ -5,6 +5,7 @@ telemetry, plus a content-addressed artifact store, behind one thread-safe
 Typical use::
 
     registry = open_registry(None, "data")          # SQLite under data/, migrated
+    registry = open_registry(settings.database_url, settings.data_dir)   # from Settings
     model = registry.register_model("secdood", "secdood", config, metrics, blob)
     device, token = registry.enroll_device("cam-1", {"corruption": "fog"})
 """

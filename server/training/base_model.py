@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
-from tqdm.auto import tqdm
 
 from server.methods.base import ProgressFn, TrainResult, no_progress
 from server.training.data_parallel import DataParallel
 from shared.data.actions import ID_ACTIONS
 from shared.data.digit_actions import ClipSet, DigitActionsConfig, load_split
 from shared.data.tensors import flow_to_tensor, frames_to_tensor
+from shared.model_names import BASE_MODEL
 from shared.models.checkpoint import ModelBundle, bundle_from_bytes, bundle_to_bytes
 from shared.models.two_stream import TwoStreamConfig, TwoStreamNet
 from shared.ood.base import Evidence, LinearHead
@@ -129,12 +129,6 @@ def train_base_model(config: BaseModelConfig, progress: ProgressFn = no_progress
         parallel = DataParallel.from_environment()  # torchrun: DDP over the ranks
         forward_all = parallel.wrap(model, "forward_all")
         started = time.perf_counter()
-        bar = tqdm(
-            total=config.epochs * steps_per_epoch,
-            desc="train base model",
-            unit="batch",
-            disable=not parallel.is_main,
-        )
         for epoch in range(config.epochs):
             model.train()
             order = torch.randperm(len(train_y), generator=generator)
@@ -152,11 +146,8 @@ def train_base_model(config: BaseModelConfig, progress: ProgressFn = no_progress
                 loss.backward()
                 optimiser.step()
                 schedule.step()
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
                 done = (epoch * steps_per_epoch + step + 1) / (config.epochs * steps_per_epoch)
                 progress(0.9 * done, f"epoch {epoch + 1}/{config.epochs} loss {loss.item():.4f}")
-        bar.close()
         train_seconds = time.perf_counter() - started
 
         progress(0.92, "computing reference features and calibrating thresholds")
@@ -191,7 +182,7 @@ def train_base_model(config: BaseModelConfig, progress: ProgressFn = no_progress
 class BaseModelTrainer:
     """The base model as a registered method (``secdood-server train --method secdood_base``)."""
 
-    name = "secdood_base"
+    name = BASE_MODEL
     config_model = BaseModelConfig
 
     def train(self, config: BaseModel, progress: ProgressFn = no_progress) -> TrainResult:

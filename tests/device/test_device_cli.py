@@ -98,6 +98,7 @@ def test_enroll_download_and_run(server_target, state_dir, video, registry, caps
             verdicts.labels[index],
             f"{verdicts.ood_score[index].item():.4f}",
             "OOD" if verdicts.is_ood[index] else "ID",
+            "global",
         ]
     n_ood = int(verdicts.is_ood.sum())
     assert out[-2].startswith(f"summary: 3 clips, {n_ood} OOD")
@@ -162,3 +163,11 @@ def test_state_files_are_plain_json_and_a_damaged_identity_is_not_enrolled(state
     _expect_user_error(["download"], capsys, "damaged")
     state.identity_path.write_text(json.dumps({"server": "h:1"}))
     _expect_user_error(["download"], capsys, "damaged")
+
+
+def test_every_run_option_is_explained(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for phrase in ("OpenCV camera N", "OOD score: energy", "test-time adaptation", "personalised"):
+        assert phrase in out, phrase

@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from conftest import make_hypernet
+from support import make_hypernet
 
 from device_client.gateway_client import GatewayClient, GatewayClientError
 from device_client.personalization import Personalizer

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL_PARAMS, make_hypernet
 from pydantic import ValidationError
+from support import SMALL_PARAMS, make_hypernet
 
 from shared.he import (
     CKKSParams,

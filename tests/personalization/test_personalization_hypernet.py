@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_hypernet
+from support import make_hypernet
 
 from shared.hypernet import (
     HyperNetwork,

@@ -80,3 +80,21 @@ def test_unreachable_database_url_fails_clearly(data_dir, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "cannot connect to the registry database" in err and f"127.0.0.1:{port}" in err
     assert "SECDOOD_DB_URL" in err and "hunter2" not in err and "Traceback" not in err
+
+
+def test_help_and_methods_say_what_things_are(capsys):
+    from server.methods.catalog import method_names
+
+    assert main(["methods"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == method_names()
+    assert all(len(line.split()) > 2 for line in lines)  # a description after every name
+    for argv in (["--help"], ["serve", "--help"], ["train", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = capsys.readouterr().out
+        assert "``" not in out
+        if argv[0] == "serve":
+            assert "--grpc-port" in out and "SECDOOD_ENROLLMENT_KEY" in out and "keys.json" in out
+        if argv[0] == "train":
+            assert "--set KEY=VALUE" in out and "repeatable" in out

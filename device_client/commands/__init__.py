@@ -1,0 +1,1 @@
+"""The ``secdood-device`` commands too long to sit in :mod:`device_client.cli`."""

@@ -1,0 +1,204 @@
+"""``secdood-device run``: score a stream with the global or the personalised head."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from device_client.commands.common import (
+    DEFAULT_MODEL,
+    PROG,
+    CliError,
+    connect,
+    model_path,
+    model_variant,
+)
+from device_client.gateway_client import GatewayClient, ServerUnreachableError
+from device_client.state import DeviceState
+
+#: clips scored per forward pass; small enough for a Raspberry Pi's memory
+BATCH_CLIPS = 16
+
+
+def _batches(clips: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    batch: list[np.ndarray] = []
+    for clip in clips:
+        batch.append(clip)
+        if len(batch) == size:
+            yield np.stack(batch)
+            batch = []
+    if batch:
+        yield np.stack(batch)
+
+
+def run(args: argparse.Namespace, state: DeviceState) -> int:
+    # Imported here: torch and the model code are only needed to score.
+    from tqdm import tqdm
+
+    from device_client.runtime import DeviceRuntime
+    from device_client.sources import ClipSource
+    from shared.ood.registry import DETECTORS
+
+    if not args.source.startswith("camera:") and not Path(args.source).exists():
+        raise CliError(f"video file not found: {args.source}")
+    if args.detector not in DETECTORS:
+        raise CliError(f"unknown detector {args.detector!r}; choose one of {sorted(DETECTORS)}")
+    path = model_path(args, state)
+    runtime = DeviceRuntime.from_artifact(
+        path,
+        adapt=args.adapt,
+        adapt_layers=args.adapt_layers,
+        int8=True if args.int8 else None,
+        engine=args.engine,
+    )
+    config = runtime.bundle.config
+    source = ClipSource(args.source, config.n_frames, config.size)
+    source.check()  # a missing camera or a bad file fails here, before any output
+    truth = truth_of(source)
+    head = _personal_head(args, state, config, path) if args.personalize else None
+
+    print(f"{'clip':>5}  {'label':<16} {'ood_score':>10}  {'verdict':<8}head")
+    flags: list[bool] = []
+    seconds = 0.0
+    progress = tqdm(
+        desc=f"{source.describe()} [{args.adapt}{', int8' if runtime.is_int8 else ''}]",
+        unit="clip",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        disable=args.quiet,
+    )
+    batch_size = 1 if source.is_camera or args.adapt != "none" else BATCH_CLIPS
+    try:
+        for batch in _batches(iter(source), batch_size):
+            start = time.perf_counter()
+            verdicts = runtime.score_clips(batch, detector=args.detector, head=head)
+            seconds += time.perf_counter() - start
+            used = head.describe() if head is not None else "global"
+            for label, score, is_ood in zip(
+                verdicts.labels, verdicts.ood_score.tolist(), verdicts.is_ood.tolist(), strict=True
+            ):
+                progress.write(
+                    f"{len(flags):>5}  {label:<16} {score:>10.4f}  "
+                    f"{'OOD' if is_ood else 'ID':<8}{used}",
+                    file=sys.stdout,
+                )
+                flags.append(bool(is_ood))
+            progress.update(len(batch))
+            progress.set_postfix(
+                fps=f"{len(flags) * config.n_frames / seconds:.0f}", ood=sum(flags)
+            )
+    except KeyboardInterrupt:
+        source.end_reason = "interrupted"
+    finally:
+        progress.close()
+    n_clips, n_ood = len(flags), sum(flags)
+    if n_clips == 0:
+        raise CliError(f"{source.describe()}: no complete clip before {source.end_reason}")
+    threshold = runtime.pipeline.threshold(args.detector)
+    mean_ms = 1000.0 * seconds / n_clips
+    print(
+        f"summary: {n_clips} clips, {n_ood} OOD ({100.0 * n_ood / n_clips:.1f} %), "
+        f"detector {args.detector} (threshold {threshold:.4f}), {mean_ms:.1f} ms per clip, "
+        f"adapt {args.adapt}{', int8' if runtime.is_int8 else ''}, "
+        f"head {head.describe() if head is not None else 'global'}; {source.end_reason}"
+    )
+    if head is not None:
+        head.close()
+    if args.report:
+        client, _identity = connect(state)
+        info = state.load_model_info(DEFAULT_MODEL, "int8" if args.int8 else args.variant) or {}
+        try:
+            with client:
+                client.report_telemetry(
+                    clips_scored=n_clips,
+                    ood_flagged=n_ood,
+                    mean_latency_ms=mean_ms,
+                    frames_per_second=n_clips * config.n_frames / seconds if seconds > 0 else 0.0,
+                    model_sha256=info.get("sha256", "") if not args.model else "",
+                    metrics=head.telemetry() if head is not None else None,
+                )
+            print("telemetry reported")
+        except ServerUnreachableError:  # the scores stand; the report waits for the next run
+            print(f"{PROG}: telemetry not sent: {client.target} unreachable", file=sys.stderr)
+    if args.json:
+        print(json.dumps(_run_report(args, flags, truth, head, mean_ms, threshold)))
+    return 0
+
+
+def truth_of(source) -> list[int] | None:
+    """Ground truth of a simulated-camera file or folder (None when any file lacks it)."""
+    from device_client.simulated_camera import load_truth
+
+    labels: list[int] = []
+    for path in source.files:
+        truth = load_truth(path)
+        if truth is None:
+            return None
+        labels += truth
+    return labels or None
+
+
+def _run_report(args, flags: list[bool], truth, head, mean_ms: float, threshold: float) -> dict:
+    """The one JSON object ``run --json`` prints last (scripts check a device with it)."""
+    from device_client.personal_head import flag_rates
+
+    report = {
+        "clips": len(flags),
+        "ood_flagged": sum(flags),
+        "head": "personalised" if head is not None else "global",
+        **flag_rates(flags, truth),
+        "detector": args.detector,
+        "threshold": threshold,
+        "mean_ms_per_clip": mean_ms,
+        "adapt": args.adapt,
+        "int8": bool(args.int8),
+    }
+    if head is not None:
+        p = head.personalizer
+        report |= {
+            "theta_status": p.theta_status,
+            "stale": p.stale,
+            "hypernet_version": p.hypernet.version if p.hypernet else None,
+            "refreshes": p.refreshes,
+            "clips_global_head": head.clips_global,
+        }
+    return report
+
+
+def _personal_head(args, state: DeviceState, config, path: Path):
+    """The personalised head for ``run --personalize`` (cached Θ at once, refreshed by drift)."""
+    from device_client.keyring import DeviceKeyring
+    from device_client.personal_head import PersonalHead
+
+    identity = state.load_identity()
+    keyring = DeviceKeyring(state)
+    client = GatewayClient(identity.server, token=state.load_token(), root_cert=identity.root_cert)
+    personalizer = keyring.personalizer(
+        client,
+        identity.server,
+        identity.device_id,
+        config.embed_dim,
+        config.num_classes,
+        model_key=model_key(args, state, path),
+        window=args.window,
+        min_window=args.window,
+        max_age_s=args.theta_max_age,
+    )
+    return PersonalHead(personalizer, keyring)
+
+
+def model_key(args, state: DeviceState, path: Path) -> str:
+    """Which base model a cached Θ belongs to: name and version when downloaded (float and
+    int8 of one version share their Θ), else the artifact's sha256."""
+    import hashlib
+
+    info = None if args.model else state.load_model_info(DEFAULT_MODEL, model_variant(args))
+    if info and "version" in info:
+        return f"{info.get('name', DEFAULT_MODEL)} v{info['version']}"
+    return hashlib.sha256(path.read_bytes()).hexdigest()
