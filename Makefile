@@ -5,12 +5,17 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.secdood-installed
 PROTOS := $(wildcard proto/secdood/v1/*.proto)
 
-.PHONY: help venv proto demo test test-slow lint bench clean
+.PHONY: help venv proto demo test test-slow test-postgres docker compose-env test-docker arm64-smoke lint bench clean
 
 help:
 	@echo "make demo       train (or reuse) the default model and show the product end to end"
 	@echo "make test       the test suite (under 15 minutes on 2 cores)"
 	@echo "make test-slow  the slower checks (marked 'slow')"
+	@echo "make test-postgres  registry tests against a real PostgreSQL server it starts"
+	@echo "make docker     server + device images from a local Debian base, offline wheels"
+	@echo "make compose-env  .env with random keys for docker compose"
+	@echo "make test-docker  the compose deployment end to end (builds the images first)"
+	@echo "make arm64-smoke  the device client on arm64 under qemu against a local server"
 	@echo "make lint       ruff + hadolint"
 	@echo "make bench      benchmark scripts (quick mode)"
 
@@ -35,7 +40,26 @@ test: proto
 	$(BIN)/python -m pytest -q -x --durations=15
 
 test-slow: proto
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m 'slow and not docker'
+
+# The registry on a throw-away PostgreSQL cluster (initdb + pg_ctl on a loopback port).
+test-postgres: proto
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		|| scripts/ensure-debian-packages postgresql
+	$(BIN)/python -m pytest -q -m postgres tests/registry
+
+# Images without a container registry: debootstrap base + offline wheelhouse (docker/).
+docker: proto
+	scripts/docker-build
+
+compose-env:
+	scripts/compose-env
+
+test-docker: docker
+	$(BIN)/python -m pytest -q -m docker tests/deploy/test_docker_compose_flow.py
+
+arm64-smoke: proto
+	scripts/arm64-smoke
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

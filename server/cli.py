@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -46,8 +47,18 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
     config = json.loads(args.config) if args.config else {}
     config.update(_parse_sets(args.set))
-    validate_config(args.method, config)  # a bad config fails before any progress bar
+    parsed = validate_config(args.method, config)  # a bad config fails before any progress bar
     with open_registry(settings.database_url, settings.data_dir) as registry:
+        if int(os.environ.get("RANK", "0")) > 0:
+            # A torchrun worker (docs/scaling.md): trains alongside rank 0, which alone
+            # records the job and registers the model.
+            from server.methods.catalog import get_trainer
+
+            trainer = get_trainer(args.method)
+            if getattr(trainer, "needs_registry", False):
+                trainer.registry = registry  # type: ignore[attr-defined]
+            trainer.train(parsed)
+            return 0
         runner = JobRunner(registry)
         job, model = runner.run(args.method, config, progress=console_progress(args.method))
     print(
@@ -188,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings()
         return args.func(args, settings)
-    except (ValueError, UnknownMethodError, FileNotFoundError, KeyError) as exc:
+    except (ValueError, UnknownMethodError, FileNotFoundError, KeyError, ConnectionError) as exc:
         # User errors: one clear line, no traceback.
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"secdood-server: error: {message}", file=sys.stderr)

@@ -9,6 +9,7 @@ the same for personalisation.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -51,6 +52,13 @@ def make_tiny_bundle(seed: int = 0) -> ModelBundle:
         metrics={"val_accuracy": 0.0},
         train_config={"tiny": True},
     )
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def wait_until(

@@ -11,7 +11,12 @@ Typical use::
 """
 
 from server.registry.artifacts import ArtifactStore, StoredBlob
-from server.registry.errors import ArtifactIntegrityError, JobStateError, NotFoundError
+from server.registry.errors import (
+    ArtifactIntegrityError,
+    DatabaseUnavailableError,
+    JobStateError,
+    NotFoundError,
+)
 from server.registry.records import (
     ContextRecord,
     DeviceRecord,
@@ -26,6 +31,7 @@ __all__ = [
     "ArtifactIntegrityError",
     "ArtifactStore",
     "ContextRecord",
+    "DatabaseUnavailableError",
     "DeviceRecord",
     "JobRecord",
     "JobState",

@@ -5,7 +5,8 @@ connections usable from any thread, WAL journaling (readers never block the
 writer), foreign keys enforced, a busy timeout, and ``BEGIN IMMEDIATE`` for
 write transactions so that two threads doing read-then-write (e.g. "next model
 version") queue up instead of failing with "database is locked". Any other
-SQLAlchemy URL (PostgreSQL) is used as is.
+SQLAlchemy URL (PostgreSQL) is used as is, except that a bare ``postgresql://``
+means the psycopg 3 driver that the ``server`` extra installs.
 
 Migrations are Alembic revisions in ``server/registry/migrations``; they run
 in code on every start (:func:`upgrade_to_head`), no ``alembic.ini`` needed.
@@ -19,9 +20,14 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
+
+from server.registry.errors import DatabaseUnavailableError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+#: the driver a bare ``postgresql://`` URL gets (psycopg 3, in the ``server`` extra)
+POSTGRES_DRIVER = "postgresql+psycopg"
 #: execution option that makes a SQLite transaction start with BEGIN IMMEDIATE
 WRITE_OPTION = "secdood_write"
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -30,8 +36,16 @@ SQLITE_BUSY_TIMEOUT_S = 30.0
 def create_registry_engine(db_url: str) -> Engine:
     """An engine for ``db_url`` with the SQLite pragmas above where relevant."""
     url = make_url(db_url)
+    if url.get_backend_name() == "postgresql" and url.drivername == "postgresql":
+        url = url.set(drivername=POSTGRES_DRIVER)
     if url.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        try:
+            return create_engine(url, pool_pre_ping=True)
+        except ModuleNotFoundError as exc:
+            raise DatabaseUnavailableError(
+                f"no driver for {masked(url)}: {exc}; install the 'server' extra "
+                "(psycopg for PostgreSQL)"
+            ) from exc
 
     if url.database in (None, "", ":memory:"):
         # Each pooled connection would see its own empty database, and sharing one
@@ -83,7 +97,24 @@ def alembic_config(connection: Any | None = None, db_url: str | None = None) -> 
     return config
 
 
+def masked(url: URL) -> str:
+    """``url`` as text with its password hidden, for messages and logs."""
+    return url.render_as_string(hide_password=True)
+
+
 def upgrade_to_head(engine: Engine) -> None:
-    """Apply every pending migration (a no-op when the schema is current)."""
-    with write_engine(engine).begin() as connection:
+    """Apply every pending migration (a no-op when the schema is current).
+
+    A database that refuses the connection becomes :class:`DatabaseUnavailableError`
+    naming the URL (password masked) and the server's reason.
+    """
+    try:
+        connection = write_engine(engine).connect()
+    except DBAPIError as exc:
+        reason = str(exc.orig).strip() or type(exc.orig).__name__
+        raise DatabaseUnavailableError(
+            f"cannot connect to the registry database {masked(engine.url)}: {reason} "
+            "(check SECDOOD_DB_URL and that the database server is running)"
+        ) from exc
+    with connection, connection.begin():
         command.upgrade(alembic_config(connection), "head")

@@ -29,3 +29,11 @@ class JobStateError(ValueError):
 
 class ArtifactIntegrityError(ValueError):
     """Uploaded or stored bytes do not match the expected sha256 or size limit."""
+
+
+class DatabaseUnavailableError(ConnectionError):
+    """The registry database cannot be reached or its driver is missing.
+
+    Raised at start-up with the URL (password masked) and the driver's reason,
+    so a wrong ``SECDOOD_DB_URL`` is one clear line rather than a traceback.
+    """

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from server.methods.base import ProgressFn, TrainResult, no_progress
+from server.training.data_parallel import DataParallel
 from shared.data.actions import ID_ACTIONS
 from shared.data.digit_actions import ClipSet, DigitActionsConfig, load_split
 from shared.data.tensors import flow_to_tensor, frames_to_tensor
@@ -125,13 +126,15 @@ def train_base_model(config: BaseModelConfig, progress: ProgressFn = no_progress
         )
         loss_fn = nn.CrossEntropyLoss()
         generator = torch.Generator().manual_seed(config.seed)
+        parallel = DataParallel.from_environment()  # torchrun: DDP over the ranks
+        forward_all = parallel.wrap(model, "forward_all")
         started = time.perf_counter()
         for epoch in range(config.epochs):
             model.train()
             order = torch.randperm(len(train_y), generator=generator)
             for step, start in enumerate(range(0, len(order), config.batch_size)):
-                idx = order[start : start + config.batch_size]
-                out = model.forward_all(train_rgb[idx], train_flow[idx])
+                idx = parallel.shard(order[start : start + config.batch_size])
+                out = forward_all(train_rgb[idx], train_flow[idx])
                 y = train_y[idx]
                 # Mean of the fused, RGB and flow cross-entropies (each head must stand alone).
                 loss = (

@@ -74,3 +74,49 @@ def test_device_entrypoint_uses_existing_cli_commands():
     parser = build_parser()
     commands = set(parser._subparsers._group_actions[0].choices)  # noqa: SLF001
     assert used and used <= commands
+
+
+def test_compose_ships_no_keys_and_publishes_on_loopback_by_default():
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "change-me" not in text
+    compose = yaml.safe_load(text)
+    server_env = compose["services"]["server"]["environment"]
+    for key in ("SECDOOD_ENROLLMENT_KEY", "SECDOOD_SCORING_API_KEY", "SECDOOD_ADMIN_API_KEY"):
+        # ${VAR:?message}: compose stops with the message when the key is unset.
+        assert re.fullmatch(rf"\$\{{{key}:\?.*make compose-env.*\}}", server_env[key])
+    for port in compose["services"]["server"]["ports"]:
+        assert port.startswith("${SECDOOD_PUBLISH_ADDRESS:-127.0.0.1}:"), port
+
+
+def env_keys(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if "_KEY=" in line)
+
+
+def test_compose_env_writes_random_private_keys_once(tmp_path):
+    env_file = tmp_path / ".env"
+    script = str(ROOT / "scripts" / "compose-env")
+    subprocess.run([script, str(env_file)], check=True, capture_output=True)
+    first = env_file.read_text()
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    keys = env_keys(first)
+    assert len(keys) == 3 and len(set(keys.values())) == 3
+    assert all(len(value) >= 40 for value in keys.values())
+    subprocess.run([script, str(env_file)], check=True, capture_output=True)
+    assert env_file.read_text() == first  # never overwritten
+    other = tmp_path / "other.env"
+    subprocess.run([script, str(other)], check=True, capture_output=True)
+    assert not set(keys.values()) & set(env_keys(other.read_text()).values())
+
+
+def test_build_context_leaves_out_secrets_and_environments():
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    assert {".git", ".venv", ".secdood", ".env", "bench/results"} <= ignored
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfiles_default_to_a_registry_base_and_take_a_local_one(dockerfile):
+    text = dockerfile.read_text()
+    assert text.count("ARG BASE_IMAGE=python:3.11-slim") == 1
+    assert all(line == "FROM ${BASE_IMAGE}" or line.startswith("FROM ${BASE_IMAGE} AS ")
+               for line in re.findall(r"^FROM .*$", text, re.M))  # fmt: skip
+    assert "--find-links /wheels $PIP_SOURCE" in text

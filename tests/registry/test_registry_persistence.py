@@ -10,9 +10,9 @@ from sqlalchemy import text
 from server.registry import JobState, open_registry
 
 
-def test_everything_survives_a_restart(tmp_path: Path) -> None:
+def test_everything_survives_a_restart(tmp_path: Path, db_url: str | None) -> None:
     data_dir = tmp_path / "data"
-    registry = open_registry(None, data_dir)
+    registry = open_registry(db_url, data_dir)
     model = registry.register_model("secdood", "secdood", {"k": 1}, {"auroc": 0.91}, b"weights")
     int8 = registry.register_model("secdood", "secdood", {}, {}, b"q", variant="int8", version=1)
     device, token = registry.enroll_device("cam", {"corruption": "jpeg"})
@@ -22,7 +22,7 @@ def test_everything_survives_a_restart(tmp_path: Path) -> None:
     telemetry = registry.add_telemetry(device.id, {"latency_ms": 12.5})
     registry.close()
 
-    reopened = open_registry(None, data_dir)
+    reopened = open_registry(db_url, data_dir)
     assert reopened.list_models() == [model, int8]
     assert reopened.get_device(device.id) == device
     assert reopened.current_context(device.id) == context
@@ -51,8 +51,8 @@ def test_explicit_sqlite_url_is_honoured(tmp_path: Path) -> None:
     assert db_file.is_file() and not (tmp_path / "data" / "registry.sqlite3").exists()
 
 
-def test_one_registry_shared_by_many_threads(tmp_path: Path) -> None:
-    registry = open_registry(None, tmp_path)
+def test_one_registry_shared_by_many_threads(tmp_path: Path, db_url: str | None) -> None:
+    registry = open_registry(db_url, tmp_path)
     job = registry.create_job("zil", {})
     registry.update_job(job.id, state="running")
     device, token = registry.enroll_device("cam", {})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from support import free_loopback_port
 
 from server.cli import main
 
@@ -71,6 +72,15 @@ def test_bad_commands_fail_clearly(data_dir, capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_unreachable_database_url_fails_clearly(data_dir, capsys, monkeypatch):
+    port = free_loopback_port()  # nothing listens there
+    monkeypatch.setenv("SECDOOD_DB_URL", f"postgresql://secdood:hunter2@127.0.0.1:{port}/registry")
+    assert main(["eval"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot connect to the registry database" in err and f"127.0.0.1:{port}" in err
+    assert "SECDOOD_DB_URL" in err and "hunter2" not in err and "Traceback" not in err
 
 
 def test_help_and_methods_say_what_things_are(capsys):
