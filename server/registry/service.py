@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, func, select
+from sqlalchemy import text as sql_text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -59,6 +60,19 @@ MAX_JOB_LOG_CHARS = 1_000_000
 LAST_SEEN_RESOLUTION = timedelta(seconds=1)
 #: how often a concurrent "next version" collision is retried before giving up
 _VERSION_RETRIES = 8
+
+
+def _lock_model_versions(session: Session, name: str) -> None:
+    """Serialise version allocation for one model name on PostgreSQL.
+
+    Under READ COMMITTED, concurrent writers all read the same ``max(version)`` and all but
+    one lose the unique-key race, again and again under load; a transaction-scoped advisory
+    lock on the name makes them take turns (released at commit). SQLite already serialises
+    writers, so there is nothing to do there.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sql_text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": name})
+
 
 #: which state a job may move to from each state (staying put is always allowed
 #: while the job is not finished)
@@ -321,6 +335,7 @@ class Registry:
         version: int | None,
     ) -> ModelRecord:
         with self._writing() as session:
+            _lock_model_versions(session, name)
             latest = session.scalar(select(func.max(ModelRow.version)).where(ModelRow.name == name))
             if version is None:
                 version = (latest or 0) + 1
