@@ -40,8 +40,10 @@ def list_models(
         Query(
             min_length=1,
             max_length=MAX_NAME_CHARS,
-            pattern=r"^\S(.*\S)?$",
-            description="only versions of this model (no surrounding blanks)",
+            # Python's str.strip() (the registry's check) also strips the ASCII separators
+            # \x1c-\x1f, which the regex engine's \S accepts: exclude control characters too.
+            pattern=r"^[^\s\x00-\x1f\x7f](.*[^\s\x00-\x1f\x7f])?$",
+            description="only versions of this model (no surrounding blanks or control characters)",
         ),
     ] = None,
 ) -> list[ModelView]:
