@@ -53,6 +53,7 @@ from device_client.gateway_client import GatewayClient
 from device_client.retry import RetryPolicy
 from shared.he import CKKSParams, create_context, encrypt_selected, public_context_bytes
 from shared.hypernet import HyperNetwork, HyperNetworkConfig, hypernet_state
+from shared.model_names import HYPERNETWORK
 from shared.models.checkpoint import bundle_from_bytes
 from shared.rpc import gateway_pb2, gateway_pb2_grpc
 
@@ -106,7 +107,7 @@ def _register_hypernetwork(data_dir: Path, embed_dim: int, num_classes: int) -> 
     buffer = io.BytesIO()
     torch.save(hypernet_state(model), buffer)
     with open_registry(None, data_dir) as registry:
-        registry.register_model("hypernetwork", "hypernetwork", {}, {}, buffer.getvalue())
+        registry.register_model(HYPERNETWORK, HYPERNETWORK, {}, {}, buffer.getvalue())
 
 
 # -- stall ------------------------------------------------------------------------------------

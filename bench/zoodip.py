@@ -43,14 +43,15 @@ TITLE = "ZOODiP in miniature (ZO textual inversion on an int8 DDPM)"
 
 def registered_models() -> tuple[bytes, bytes]:
     """(float artifact, int8 artifact) of the newest ``diffusion`` model (trained if absent)."""
-    from server.cli import open_registry
     from server.jobs import ensure_model
-    from server.methods.diffusion import export_int8
+    from server.registry import open_registry
     from server.registry.errors import NotFoundError
     from server.settings import Settings
+    from server.training.diffusion import export_int8
     from shared.model_names import DIFFUSION_MODEL
 
-    with open_registry(Settings()) as registry:
+    settings = Settings()
+    with open_registry(settings.database_url, settings.data_dir) as registry:
         record = ensure_model(registry, DIFFUSION_MODEL)
         try:
             int8 = registry.get_model(DIFFUSION_MODEL, record.version, "int8")

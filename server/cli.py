@@ -21,9 +21,9 @@ import os
 import sys
 from typing import Any
 
-from server.methods.catalog import UnknownMethodError, method_names, method_summary
 from server.registry import open_registry
 from server.settings import Settings
+from server.training.catalog import UnknownMethodError, method_names, method_summary
 from shared.model_names import BASE_MODEL, DIFFUSION_MODEL
 
 
@@ -43,7 +43,7 @@ def _parse_sets(pairs: list[str]) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from server.jobs import JobRunner, console_progress
-    from server.methods.catalog import validate_config
+    from server.training.catalog import validate_config
 
     config = json.loads(args.config) if args.config else {}
     config.update(_parse_sets(args.set))
@@ -52,7 +52,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         if int(os.environ.get("RANK", "0")) > 0:
             # A torchrun worker (docs/scaling.md): trains alongside rank 0, which alone
             # records the job and registers the model.
-            from server.methods.catalog import get_trainer
+            from server.training.catalog import get_trainer
 
             trainer = get_trainer(args.method)
             if getattr(trainer, "needs_registry", False):
@@ -108,7 +108,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         raise ValueError("choose an export format: --int8")
     with open_registry(settings.database_url, settings.data_dir) as registry:
         if args.model == DIFFUSION_MODEL:  # the diffusion denoiser has its own int8 format
-            from server.methods.diffusion import export_int8 as export_diffusion_int8
+            from server.training.diffusion import export_int8 as export_diffusion_int8
 
             record = export_diffusion_int8(registry, args.model)
         else:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from server.methods.base import ProgressFn, no_progress
+from server.training.base import ProgressFn, no_progress
 from shared.data.corruptions import CORRUPTIONS, corrupt_clipset
 from shared.data.digit_actions import ClipSet, DigitActionsConfig, load_split
 from shared.models.checkpoint import ModelBundle

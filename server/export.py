@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from shared.model_names import BASE_MODEL
 from shared.models.checkpoint import ModelBundle
 from shared.models.int8 import (
     N_BLOCKS,
@@ -169,7 +170,7 @@ def export_int8_bytes(bundle: ModelBundle, n_clips: int = CALIBRATION_CLIPS) -> 
 
 def export_latest_int8(
     registry,
-    name: str = "secdood_base",
+    name: str = BASE_MODEL,
     n_clips: int = CALIBRATION_CLIPS,
     calibration: tuple[Tensor, Tensor] | None = None,
 ):

@@ -26,11 +26,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from server.methods.base import ProgressFn, TrainResult
-from server.methods.catalog import get_trainer, validate_config
 from server.registry.errors import JobStateError, NotFoundError
 from server.registry.records import FINAL_JOB_STATES, JobRecord, ModelRecord
 from server.registry.tables import JobState
+from server.training.base import ProgressFn, TrainResult
+from server.training.catalog import get_trainer, validate_config
 
 log = logging.getLogger(__name__)
 

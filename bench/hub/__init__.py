@@ -2,5 +2,5 @@
 
 Each module exposes ``benchmark(quick) -> dict`` (JSON-ready numbers) and
 ``markdown(result) -> str`` (the compact BENCHMARKS.md section); the trainers
-they call live in ``server/methods/``.
+they call live in ``server/training/``.
 """

@@ -9,14 +9,14 @@ import numpy as np
 import torch
 
 from bench.report import markdown_table, median_seconds
-from server.methods.boolean_bp import (
+from server.training.boolean_bp import (
     TRAINER,
     BooleanBPConfig,
     accuracy,
     boolean_backprop_step,
     init_boolean_network,
 )
-from server.methods.ste_bnn import train_ste_bnn
+from server.training.ste_bnn import train_ste_bnn
 from shared.methods.boolean_data import load_boolean_task
 
 #: truth-table settings (small batches, the narrowest veto margin); seeds tried per task

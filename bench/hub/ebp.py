@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from server.methods.ebp import (
+from server.training.ebp import (
     BP_LEARNING_RATES,
     REFERENCE_PASSES,
     bp_predict,

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from bench.report import markdown_table
-from server.methods.forward_forward import TRAINERS
+from server.training.forward_forward import TRAINERS
 
 #: tuned settings (same 2x500 size for all three methods)
 BENCHMARK_CONFIGS: dict[str, dict[str, Any]] = {

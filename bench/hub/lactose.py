@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from bench.report import IMAGES, markdown_table
-from server.methods.lactose import SWITCH_POINTS, TRAINER, LactoseConfig, reference_shaper
+from server.training.lactose import SWITCH_POINTS, TRAINER, LactoseConfig, reference_shaper
 
 STEPS = 1500
 QUICK_STEPS = 300

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from bench.report import markdown_table
-from server.methods.predictive_coding import (
+from server.training.predictive_coding import (
     TRAINERS,
     ILConfig,
     Schedule,

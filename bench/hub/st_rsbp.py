@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from bench.report import markdown_table
-from server.methods.st_rsbp import BPTT_TRAINER, TRAINER, RSNNConfig
+from server.training.st_rsbp import BPTT_TRAINER, TRAINER, RSNNConfig
 
 EPOCHS = 20
 QUICK_EPOCHS = 3

@@ -34,11 +34,11 @@ from server.personalization import (
 )
 from server.registry import Registry
 from server.registry.artifacts import CHUNK_BYTES
+from shared.model_names import BASE_MODEL as DEFAULT_MODEL
 from shared.rpc import gateway_pb2, gateway_pb2_grpc
 
 log = logging.getLogger("secdood.gateway")
 
-DEFAULT_MODEL = "secdood_base"
 DEFAULT_VARIANT = "float"
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])

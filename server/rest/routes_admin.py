@@ -11,13 +11,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 
 from server.jobs import JobFinishedError, JobQueueFullError, JobRunnerStoppedError
-from server.methods.catalog import UnknownMethodError
 from server.registry import JobState, ModelRecord, NotFoundError
 from server.rest.auth import State, require_admin, require_scoring
 from server.rest.capacity import OverloadedError
 from server.rest.inputs import MAX_NAME_CHARS, parse_json_body
 from server.rest.schemas import DeviceView, ErrorBody, JobCreate, JobView, ModelView
 from server.rest.state import ServiceState
+from server.training.catalog import UnknownMethodError
 
 router = APIRouter(prefix="/v1", tags=["models, devices and jobs (v1)"])
 

@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from server.jobs import JobRunner
 from server.registry import ModelRecord, Registry
 from server.settings import Settings
+from shared.model_names import BASE_MODEL as BASE_MODEL_NAME
 from shared.models.checkpoint import bundle_from_bytes
 from shared.ood.registry import DETECTORS
 from shared.pipeline import OODPipeline
@@ -28,7 +29,6 @@ from shared.pipeline import OODPipeline
 log = logging.getLogger(__name__)
 
 #: registry name (and method) of the SecDOOD base model — the one model the REST API serves
-BASE_MODEL_NAME = "secdood_base"
 
 
 class Role(enum.IntEnum):

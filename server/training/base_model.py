@@ -15,7 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from server.methods.base import ProgressFn, TrainResult, no_progress
+from server.training.base import ProgressFn, TrainResult, no_progress
 from server.training.data_parallel import DataParallel
 from shared.data.actions import ID_ACTIONS
 from shared.data.digit_actions import ClipSet, DigitActionsConfig, load_split

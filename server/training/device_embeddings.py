@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from server.methods.base import ProgressFn, no_progress
+from server.training.base import ProgressFn, no_progress
 from shared.data.clipset import ClipSet
 from shared.data.corruptions import corrupt_clipset, device_shift
 from shared.data.device_shifts import DeviceProfile, ShiftStep, draw_profile, shift_clipset

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from server.methods.base import ProgressFn, TrainResult, no_progress
+from server.training.base import ProgressFn, TrainResult, no_progress
 from server.training.device_embeddings import (
     DeviceSet,
     embed_clipset,
@@ -54,11 +54,12 @@ from shared.hypernet import (
     hypernet_state,
     personalised_logits,
 )
+from shared.model_names import BASE_MODEL as BASE_MODEL_NAME
+from shared.model_names import HYPERNETWORK
 from shared.models.checkpoint import ModelBundle, bundle_from_bytes, load_bundle
 
 __all__ = ["embed_clipset", "shifted_clips"]  # re-exported for benchmarks
 
-BASE_MODEL_NAME = "secdood_base"
 #: importance windows drawn per device to build its descriptions and masks
 WINDOWS_PER_DEVICE = 16
 #: the α the device uses by default; validation reports it
@@ -362,7 +363,7 @@ class HyperNetworkTrainer:
     without ``base_model_path``, the latest registered ``secdood_base`` is used.
     """
 
-    name = "hypernetwork"
+    name = HYPERNETWORK
     config_model = HyperNetworkTrainConfig
     needs_registry = True
 

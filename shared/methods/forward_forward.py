@@ -1,7 +1,7 @@
 """Forward-Forward networks (spiking and ReLU) and a BP-trained SNN: inference only.
 
 Forward-Forward (Hinton 2022, arXiv 2212.13345); FF-SNN (arXiv 2502.20411).
-Training lives in ``server/methods/forward_forward.py``; this module is what a
+Training lives in ``server/training/forward_forward.py``; this module is what a
 device runs: rebuild a network from a state dict and predict labels.
 
 Conventions

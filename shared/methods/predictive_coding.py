@@ -9,7 +9,7 @@ node *before* its outgoing weights, so with input ``a_0 = x`` and weights
 
     a_{k+1} = f(a_k) @ W_k.T            output = a_K (linear, no f on it)
 
-Once trained (by IL, Z-IL, Fa-Z-IL or backprop — see ``server/methods``) it is a
+Once trained (by IL, Z-IL, Fa-Z-IL or backprop — see ``server/training``) it is a
 plain feed-forward net; this module only runs it, so the device can import it
 without any training code.
 """

@@ -12,8 +12,8 @@ from device_client.cli import main as device_main
 from device_client.concept_images import write_concept_images
 from device_client.gateway_client import GatewayClient
 from server.jobs import JobRunner
-from server.methods.catalog import validate_config
-from server.methods.diffusion import export_int8, register_token
+from server.training.catalog import validate_config
+from server.training.diffusion import export_int8, register_token
 from shared.diffusion.artifact import int8_denoiser_from_bytes, token_bytes, token_from_bytes
 from shared.diffusion.data import concept_images
 from shared.model_names import DIFFUSION_MODEL, DIFFUSION_TOKEN_MODEL

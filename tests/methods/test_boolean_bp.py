@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from server.methods.boolean_bp import (
+from server.training.boolean_bp import (
     TRAINER,
     BooleanBPConfig,
     boolean_backprop_step,

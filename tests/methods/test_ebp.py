@@ -12,7 +12,7 @@ import scipy.sparse
 import torch
 from pydantic import ValidationError
 
-from server.methods.ebp import (
+from server.training.ebp import (
     REFERENCE_PASSES,
     EBPConfig,
     bp_predict,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from server.methods.forward_forward import (
+from server.training.forward_forward import (
     BP_SNN_TRAINER,
     FF_SNN_TRAINER,
     FF_TRAINER,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from server.methods.lactose import (
+from server.training.lactose import (
     TRAINER,
     LactoseConfig,
     build_model,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from server.methods.predictive_coding import (
+from server.training.predictive_coding import (
     FA_ZIL_TRAINER,
     IL_TRAINER,
     ZIL_TRAINER,

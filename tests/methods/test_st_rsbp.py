@@ -6,7 +6,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from server.methods.st_rsbp import (
+from server.training.st_rsbp import (
     TRAINER,
     RSNNConfig,
     bptt_gradients,

@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from rest_harness import ADMIN, SCORING
 from support import wait_until
 
-from server.methods.base import TrainResult
-from server.methods.catalog import METHOD_PATHS
+from server.training.base import TrainResult
+from server.training.catalog import METHOD_PATHS
 
 
 class ToyConfig(BaseModel):

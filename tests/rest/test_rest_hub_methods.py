@@ -17,7 +17,7 @@ from rest_harness import ADMIN_KEY
 from sklearn.datasets import load_digits
 from support import wait_until
 
-from server.methods.catalog import get_trainer
+from server.training.catalog import get_trainer
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 

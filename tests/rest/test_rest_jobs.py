@@ -14,9 +14,9 @@ from rest_harness import ADMIN
 from support import wait_until
 
 from server.jobs import JobRunner
-from server.methods.base import TrainResult
-from server.methods.catalog import METHOD_PATHS
 from server.registry import JobState
+from server.training.base import TrainResult
+from server.training.catalog import METHOD_PATHS
 
 
 class SlowConfig(BaseModel):

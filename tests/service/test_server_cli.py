@@ -84,7 +84,7 @@ def test_unreachable_database_url_fails_clearly(data_dir, capsys, monkeypatch):
 
 
 def test_help_and_methods_say_what_things_are(capsys):
-    from server.methods.catalog import method_names
+    from server.training.catalog import method_names
 
     assert main(["methods"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()

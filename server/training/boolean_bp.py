@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.methods.base import ProgressFn, TrainResult, no_progress
+from server.training.base import ProgressFn, TrainResult, no_progress
 from shared.methods.boolean_bp import (
     BooleanNetwork,
     bias_bits,

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from server.methods.base import MethodTrainer
+from server.training.base import MethodTrainer
 from shared.model_names import BASE_MODEL, DIFFUSION_MODEL, HYPERNETWORK
 
 #: method name → "module:attribute" of its trainer object
@@ -19,25 +19,25 @@ METHOD_PATHS: dict[str, str] = {
     BASE_MODEL: "server.training.base_model:TRAINER",
     HYPERNETWORK: "server.training.hypernetwork:TRAINER",
     # Forward-Forward spiking net and its two baselines (docs/algorithms.md)
-    "ff_snn": "server.methods.forward_forward:FF_SNN_TRAINER",
-    "ff": "server.methods.forward_forward:FF_TRAINER",
-    "bp_snn": "server.methods.forward_forward:BP_SNN_TRAINER",
+    "ff_snn": "server.training.forward_forward:FF_SNN_TRAINER",
+    "ff": "server.training.forward_forward:FF_TRAINER",
+    "bp_snn": "server.training.forward_forward:BP_SNN_TRAINER",
     # predictive coding: inference learning, zero-divergence IL, fully autonomous Z-IL
-    "il": "server.methods.predictive_coding:IL_TRAINER",
-    "zil": "server.methods.predictive_coding:ZIL_TRAINER",
-    "fa_zil": "server.methods.predictive_coding:FA_ZIL_TRAINER",
-    "pc_bp": "server.methods.predictive_coding:BP_TRAINER",
+    "il": "server.training.predictive_coding:IL_TRAINER",
+    "zil": "server.training.predictive_coding:ZIL_TRAINER",
+    "fa_zil": "server.training.predictive_coding:FA_ZIL_TRAINER",
+    "pc_bp": "server.training.predictive_coding:BP_TRAINER",
     # Expectation Backpropagation (binary weights, mean-field)
-    "ebp": "server.methods.ebp:TRAINER",
+    "ebp": "server.training.ebp:TRAINER",
     # Boolean backpropagation (bit-packed XNOR-majority network, purely logical updates)
-    "boolean_bp": "server.methods.boolean_bp:TRAINER",
+    "boolean_bp": "server.training.boolean_bp:TRAINER",
     # spike-train-level recurrent SNN and its BPTT baseline
-    "st_rsbp": "server.methods.st_rsbp:TRAINER",
-    "bptt_rsnn": "server.methods.st_rsbp:BPTT_TRAINER",
+    "st_rsbp": "server.training.st_rsbp:TRAINER",
+    "bptt_rsnn": "server.training.st_rsbp:BPTT_TRAINER",
     # LACTOSE: one parameter set per interval of a conditioning input
-    "lactose": "server.methods.lactose:TRAINER",
+    "lactose": "server.training.lactose:TRAINER",
     # tiny class-conditional DDPM; devices personalise it by ZO textual inversion (ZOODiP)
-    DIFFUSION_MODEL: "server.methods.diffusion:TRAINER",
+    DIFFUSION_MODEL: "server.training.diffusion:TRAINER",
 }
 
 #: one line per method for ``secdood-server methods`` (docs/algorithms.md has the details)

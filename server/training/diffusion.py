@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.methods.base import ProgressFn, TrainResult, no_progress
+from server.training.base import ProgressFn, TrainResult, no_progress
 from shared.diffusion.artifact import (
     denoiser_from_state,
     denoiser_state,

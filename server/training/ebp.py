@@ -30,7 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
 
-from server.methods.base import ProgressFn, TrainResult, no_progress
+from server.training.base import ProgressFn, TrainResult, no_progress
 from shared.methods.ebp import EBPNetwork, active_batch
 from shared.methods.ebp_data import EBP_TASKS, EBPFeatures, load_ebp_task
 

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from server.methods.base import ProgressFn, TrainResult, no_progress
+from server.training.base import ProgressFn, TrainResult, no_progress
 from shared.methods.predictive_coding import (
     Activation,
     PredictiveCodingMLP,

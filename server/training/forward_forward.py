@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import accuracy_score
 from torch import nn
 
-from server.methods.base import ProgressFn, TrainResult, no_progress
+from server.training.base import ProgressFn, TrainResult, no_progress
 from shared.methods.digits import DigitsSplit, load_digits_split
 from shared.methods.forward_forward import (
     NUM_CLASSES,

@@ -1,6 +1,6 @@
 """The one shape every cloud-trained method has: config in, progress out, a result.
 
-A method module in ``server/methods/`` exposes a ``TRAINER`` object satisfying
+A method module in ``server/training/`` exposes a ``TRAINER`` object satisfying
 :class:`MethodTrainer`. The registry and the job runner only ever talk to this
 interface, so adding a method never touches the service code.
 """
