@@ -98,6 +98,7 @@ class CachedTheta:
             "hypernet": asdict(s.hypernet),
             "refreshed_at": s.refreshed_at,
             "reason": s.reason,
+            "energy_offset": s.energy_offset,
             "model_key": self.model_key,
             "alpha": self.alpha,
             "encrypted": self.encrypted,
@@ -113,8 +114,14 @@ class CachedTheta:
             hypernet=HyperNetIdentity(**data["hypernet"]),
             refreshed_at=float(data["refreshed_at"]),
             reason=str(data["reason"]),
+            energy_offset=_optional_float(data.get("energy_offset")),
         )
         return cls(snapshot, str(data["model_key"]), float(data["alpha"]), data["encrypted"])
+
+
+def _optional_float(value: Any) -> float | None:
+    """A cached number that older theta.json files lack (None there)."""
+    return None if value is None else float(value)
 
 
 class DeviceKeyring:
