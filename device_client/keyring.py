@@ -14,8 +14,9 @@ other code wires a context by hand:
   parameters), and when the device's CKKS parameters change (new keys); the rule
   lives in :mod:`device_client.context_upload`.
 - **Θ**: every refresh of the per-device Θ is saved to ``theta.json`` (0600) with
-  the HyperNetwork's name, version and sha256, the base model it belongs to and
-  the time, so a restarted device scores personalised at once, even offline.
+  the HyperNetwork's name, version and sha256, the base model it belongs to, the
+  time and its Energy-threshold offset, so a restarted device scores personalised
+  (and judges with the personalised threshold) at once, even offline.
 
 Files (all written atomically)::
 
