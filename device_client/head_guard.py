@@ -6,7 +6,9 @@ embeddings the device already has:
 
 1. **At refresh** (:meth:`HeadGuard.refresh`): on the window Θ was computed from, the
    personalised head must be at least as confident as the global head — mean maximum
-   softmax probability ``msp(Θ) ≥ msp(global) − confidence_slack``. A head that makes the
+   softmax probability ``msp(Θ) ≥ msp(global) − confidence_slack − k·SE``, where SE is the
+   standard error of the per-clip differences msp(Θ) − msp(global) on the window and
+   ``k = confidence_standard_errors`` (0: the plain slack rule). A head that makes the
    device's own recent clips *less* certain than the untouched global head has most
    likely moved the decision boundaries the wrong way; the guard then falls back to the
    global head until the next refresh.
@@ -35,6 +37,11 @@ GuardMode = Literal["fallback", "blend"]
 #: refresh-time confidence slack the device uses: chosen on validation devices by
 #: ``bench/personalization.py`` (``choose_guard_slack``; slack 0 hurt, 0.05 = best mean)
 CONFIDENCE_SLACK = 0.05
+#: standard errors of the per-clip confidence difference the check allows on top of the
+#: slack (a restored Θ is re-checked on the first few clips of a run, where one unlucky
+#: batch must not send it back to the global head); chosen on validation devices by
+#: ``bench/personal_threshold.py`` (run-path sweep)
+CONFIDENCE_STANDARD_ERRORS = 0.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,15 @@ def mean_msp(logits: torch.Tensor) -> float:
     return float(torch.softmax(logits, dim=1).max(dim=1).values.mean())
 
 
+def msp_difference_se(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Standard error of the mean per-row difference of max softmax probabilities (0 for
+    fewer than two rows: one clip gives no spread to allow for)."""
+    if a.shape[0] < 2:
+        return 0.0
+    diff = torch.softmax(a, dim=1).max(dim=1).values - torch.softmax(b, dim=1).max(dim=1).values
+    return float(diff.std(unbiased=True) / a.shape[0] ** 0.5)
+
+
 def disagreement(a: torch.Tensor, b: torch.Tensor) -> float:
     """Fraction of rows on which two logit sets [N, C] pick different classes."""
     return float((a.argmax(1) != b.argmax(1)).double().mean())
@@ -69,6 +85,7 @@ class HeadGuard:
         mode: GuardMode = "fallback",
         confidence_slack: float = 0.0,
         disagreement_margin: float = 0.15,
+        confidence_standard_errors: float = 0.0,
     ) -> None:
         if mode not in ("fallback", "blend"):
             raise ValueError(f"mode must be 'fallback' or 'blend', got {mode!r}")
@@ -79,11 +96,14 @@ class HeadGuard:
             )
         if not 0.0 < disagreement_margin <= 1.0 or confidence_slack < 0.0:
             raise ValueError("disagreement_margin must be in (0, 1] and confidence_slack >= 0")
+        if confidence_standard_errors < 0.0:
+            raise ValueError("confidence_standard_errors must be >= 0")
         self.weight = weight.double()
         self.bias = bias.double()
         self.mode: GuardMode = mode
         self.confidence_slack = confidence_slack
         self.disagreement_margin = disagreement_margin
+        self.confidence_standard_errors = confidence_standard_errors
         self.state: GuardState | None = None
         self._theta: torch.Tensor | None = None
 
@@ -101,7 +121,10 @@ class HeadGuard:
         self._theta = torch.as_tensor(np.asarray(theta, dtype=np.float64))
         personal, global_ = self._both(window)
         msp_p, msp_g = mean_msp(personal), mean_msp(global_)
-        trusted = msp_p >= msp_g - self.confidence_slack
+        allowance = self.confidence_slack + self.confidence_standard_errors * msp_difference_se(
+            personal, global_
+        )
+        trusted = bool(msp_p >= msp_g - allowance)
         rate = disagreement(personal, global_)
         self.state = GuardState(trusted, rate, rate, 0.0 if trusted else 1.0, msp_p, msp_g)
         return self.state

@@ -77,3 +77,25 @@ def test_bad_use_is_refused():
     with pytest.raises(ValueError, match=r"\[N, 6\]"):
         guard.logits(np.zeros((2, 5)))
     assert disagreement(torch.eye(3), torch.eye(3)) == 0.0
+
+
+def test_the_confidence_allowance_grows_with_the_standard_error_of_the_window():
+    weight, bias = _head()
+    theta = _theta(weight * 0.8, bias)  # same decisions, a little less sure on every clip
+    window = _clips(12, seed=3)
+    z = torch.from_numpy(window)
+    diff = (
+        torch.softmax(z @ (weight * 0.8).double().T, 1).max(1).values
+        - torch.softmax(z @ weight.double().T, 1).max(1).values
+    ).numpy()
+    se = diff.std(ddof=1) / np.sqrt(len(diff))
+    assert diff.mean() < 0 and se > 0
+    slack = float(-diff.mean() - se)  # one standard error short of trusting it on the slack alone
+    for k, trusted in ((0.0, False), (0.5, False), (2.0, True)):
+        guard = HeadGuard(weight, bias, confidence_slack=slack, confidence_standard_errors=k)
+        assert guard.refresh(window, theta).trusted is trusted, k
+    # one clip has no spread: the allowance is the slack alone, whatever k
+    one = HeadGuard(weight, bias, confidence_slack=0.0, confidence_standard_errors=100.0)
+    assert one.refresh(window[:1], theta).trusted is False
+    with pytest.raises(ValueError, match="confidence_standard_errors"):
+        HeadGuard(weight, bias, confidence_standard_errors=-1.0)
