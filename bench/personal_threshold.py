@@ -18,6 +18,16 @@ This script picks ``q`` (and reports the anchor choice) on **validation devices 
   registered HyperNetwork through the cloud's own :class:`PersonalizationService`) → Θ,
   then a separate 120-clip stream (30 % OOD) scored with Θ and the candidate threshold.
 
+Run-path sweep (:func:`run_sweep`): the same devices through the whole newcomer path —
+``personalize`` on a window, then ``run --personalize`` over the shuffled stream in 16-clip
+batches with the device's own :class:`~device_client.personal_head.PersonalHead` and
+:class:`~device_client.head_guard.HeadGuard` (the cached Θ restored, re-checked by the
+guard as the run's window grows, refreshed when the window is full) — for every window
+size (``personalize --clips`` = ``run --window``), quantile and guard allowance
+(``confidence_standard_errors``), each device under three stream orders. The shipped
+settings change only when a candidate wins significantly more paired runs than it loses
+(:func:`choose_run_settings`).
+
 Anchors: ``reference`` (the global head's Energy on the model's clean ID reference
 clips: the rule the device uses) and ``window`` (the same window under the global head,
 the first design sketch), plus ``none`` (the model's threshold unchanged).
@@ -35,6 +45,8 @@ Writes bench/results/personal_threshold.json and its BENCHMARKS.md section.
 from __future__ import annotations
 
 import argparse
+import itertools
+import math
 import time
 from dataclasses import dataclass
 
@@ -43,9 +55,11 @@ import torch
 import torch.nn.functional as F
 
 from bench.report import markdown_table, write_json, write_section
+from device_client.channel_selection import DEFAULT_WINDOW
 from device_client.gateway_client import PersonalizeReply
-from device_client.personal_head import reference_energy
-from device_client.personalization import Personalizer, energy_offset
+from device_client.head_guard import CONFIDENCE_SLACK, CONFIDENCE_STANDARD_ERRORS, HeadGuard
+from device_client.personal_head import PersonalHead, reference_energy
+from device_client.personalization import THRESHOLD_QUANTILE, Personalizer, energy_offset
 from server.personalization import PersonalizationService, PersonalizeQuery
 from server.registry import open_registry
 from server.registry.bundles import load_registered_bundle
@@ -64,6 +78,14 @@ QUANTILES = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 ANCHORS = ("reference", "window")
 ALPHA, WINDOW_CLIPS, STREAM_CLIPS, OOD_FRACTION = 0.25, 64, 120, 0.3
 ID_TARGET, OOD_TARGET = 0.20, 0.80
+#: run-path sweep: quantiles around the chosen one, and the guard's allowance in standard
+#: errors (None: no guard); the run scores 16-clip batches like ``secdood-device run``
+RUN_WINDOWS = (64, 96, 128)
+RUN_QUANTILES = (0.5, 0.6)
+GUARD_STANDARD_ERRORS = (None, 0.0, 2.0)
+RUN_BATCH = 16
+#: stream orders per device on the run path (the guard's first checks see the first clips)
+RUN_ORDERS = (5, 6, 7)
 #: near/far OOD for validation: generated afresh (data seed 1), smaller than the test pools
 VAL_OOD_DATA = DigitActionsConfig(seed=1, ood_per_action=40, far_count=160)
 
@@ -90,7 +112,7 @@ class Device:
     """One validation device: window and stream embeddings with their truth (-1 = OOD)."""
 
     name: str
-    window: np.ndarray
+    window: np.ndarray  # shuffled; the first WINDOW_CLIPS (or the run path's size) are used
     stream: np.ndarray
     stream_truth: np.ndarray
 
@@ -123,14 +145,14 @@ def validation_devices(bundle, count: int, seed: int = 0) -> list[Device]:
     for index, profile in enumerate(evaluation_profiles("val", count, seed, severities=(3, 5))):
         rng = np.random.default_rng([seed, index])
         order = {name: rng.permutation(len(pool)) for name, pool in pools.items()}
-        window = draw(pools, WINDOW_CLIPS, order)
+        window = draw(pools, max(WINDOW_CLIPS, *RUN_WINDOWS), order)
         stream = draw(pools, STREAM_CLIPS, order)
         devices.append(
             Device(
                 profile.name,
                 embed_clipset(bundle.model, shift_clipset(window, profile, 7000 + 2 * index))
                 .double()
-                .numpy(),
+                .numpy()[rng.permutation(len(window))],
                 embed_clipset(bundle.model, shift_clipset(stream, profile, 7001 + 2 * index))
                 .double()
                 .numpy(),
@@ -151,6 +173,104 @@ def theta_for(cloud: LocalCloud, bundle, window: np.ndarray) -> np.ndarray:
     return personalizer.refresh("validation")
 
 
+class NoKeyring:
+    """PersonalHead notes failed refreshes in the device's keyring; the bench has none."""
+
+    def note_refresh(self, *args, **kwargs) -> None:
+        pass
+
+
+def run_path(
+    bundle,
+    cloud: LocalCloud,
+    device: Device,
+    window: int,
+    quantile: float,
+    standard_errors: float | None,
+    order_seed: int,
+) -> dict:
+    """The newcomer's path on one validation device: ``personalize`` on the window (Θ and
+    offset cached), then ``run --personalize`` over the stream in 16-clip batches with the
+    real PersonalHead: the cached Θ is restored, re-checked by the guard as the run's
+    window grows, and refreshed once the window is full; each batch is judged with the
+    head's own verdict threshold. ``window`` is both ``personalize --clips`` and
+    ``run --window``. The stream is shuffled (its clips come ID first)."""
+    config, base = bundle.config, float(bundle.thresholds["energy"])
+    reference = reference_energy(bundle)
+    first = Personalizer(
+        cloud, config.embed_dim, config.num_classes, alpha=ALPHA, window=window,
+        reference_energy=reference, threshold_quantile=quantile,
+    )  # fmt: skip
+    first.observe(device.window[:window])
+    first.refresh("personalize")
+    personalizer = Personalizer(
+        cloud, config.embed_dim, config.num_classes, alpha=ALPHA, window=window,
+        min_window=window, reference_energy=reference, threshold_quantile=quantile,
+    )  # fmt: skip
+    assert first.snapshot is not None
+    personalizer.restore(first.snapshot)
+    fused = bundle.model.fused_head
+    weight, bias = fused.weight.detach().double(), fused.bias.detach().double()
+    guard = (
+        None
+        if standard_errors is None
+        else HeadGuard(
+            weight,
+            bias,
+            confidence_slack=CONFIDENCE_SLACK,
+            confidence_standard_errors=standard_errors,
+        )  # fmt: skip
+    )
+    head = PersonalHead(personalizer, NoKeyring(), guard=guard, energy_threshold=base)
+    order = np.random.default_rng(order_seed).permutation(len(device.stream))
+    flags = np.zeros(len(order), dtype=bool)
+    for batch in np.array_split(order, -(-len(order) // RUN_BATCH)):
+        z = torch.from_numpy(device.stream[batch]).float()
+        logits = head(z)
+        if logits is None:
+            logits = z.double() @ weight.T + bias
+        threshold = head.verdict_threshold("energy")
+        flags[batch] = energy(logits.double()).numpy() > (base if threshold is None else threshold)
+    truth = device.stream_truth
+    return {
+        "id_flagged": float(flags[truth >= 0].mean()),
+        "ood_flagged": float(flags[truth < 0].mean()),
+        "guard_fallback_clips": head.clips_guard_fallback,
+    }
+
+
+def run_sweep(bundle, cloud: LocalCloud, devices: list[Device]) -> list[dict]:
+    """Every (window, quantile, guard allowance) on the run path, each device under
+    every stream order; summary rows like :func:`sweep` (counted over device × order)."""
+    summary = []
+    for window, quantile, errors in itertools.product(
+        RUN_WINDOWS, RUN_QUANTILES, GUARD_STANDARD_ERRORS
+    ):
+        results = [
+            run_path(bundle, cloud, d, window, quantile, errors, o)
+            for d in devices
+            for o in RUN_ORDERS
+        ]
+        guard = "no guard" if errors is None else f"guard k={errors:g}"
+        met = sum(r["id_flagged"] <= ID_TARGET and r["ood_flagged"] >= OOD_TARGET for r in results)
+        summary.append(
+            {
+                "rule": f"window {window}, q={quantile}, {guard}",
+                "window": window,
+                "quantile": quantile,
+                "guard_standard_errors": errors,
+                "devices_meeting_targets": met,
+                "id_flagged": float(np.mean([r["id_flagged"] for r in results])),
+                "ood_flagged": float(np.mean([r["ood_flagged"] for r in results])),
+                "margin": float(np.mean([r["ood_flagged"] - r["id_flagged"] for r in results])),
+                "guard_fallback_clips": int(sum(r["guard_fallback_clips"] for r in results)),
+                "devices": results,
+            }
+        )
+        print(f"  run path {summary[-1]['rule']}: {met}/{len(results)}", flush=True)
+    return summary
+
+
 def flag_rates(scores: np.ndarray, truth: np.ndarray, threshold: float) -> tuple[float, float]:
     flags = scores > threshold
     return float(flags[truth >= 0].mean()), float(flags[truth < 0].mean())
@@ -165,8 +285,8 @@ def sweep(bundle, cloud: LocalCloud, devices: list[Device]) -> tuple[list[dict],
     classes = bundle.config.num_classes
     per_device = []
     for device in devices:
-        theta = torch.from_numpy(theta_for(cloud, bundle, device.window))
-        window = torch.from_numpy(device.window)
+        theta = torch.from_numpy(theta_for(cloud, bundle, device.window[:WINDOW_CLIPS]))
+        window = torch.from_numpy(device.window[:WINDOW_CLIPS])
         window_p = energy(personalised_logits(window, theta, classes)).numpy()
         window_g = energy(window @ weight.T + bias).numpy()
         stream = energy(personalised_logits(torch.from_numpy(device.stream), theta, classes))
@@ -197,6 +317,41 @@ def sweep(bundle, cloud: LocalCloud, devices: list[Device]) -> tuple[list[dict],
             }
         )
     return per_device, summary
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided sign-test p-value of ``wins`` against ``losses`` paired flips."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def meets(result: dict) -> bool:
+    return result["id_flagged"] <= ID_TARGET and result["ood_flagged"] >= OOD_TARGET
+
+
+def choose_run_settings(summary: list[dict]) -> tuple[dict, dict, dict]:
+    """(current, best candidate, decision): the device's settings change only when the best
+    guarded candidate (most runs meeting targets, ties: larger margin) beats them on more
+    paired runs than it loses and a sign test on those flips gives p < 0.05 — so a
+    difference of a run or two, within the noise of 72 runs, keeps the shipped settings."""
+    current = next(
+        r
+        for r in summary
+        if r["window"] == DEFAULT_WINDOW
+        and r["quantile"] == THRESHOLD_QUANTILE
+        and r["guard_standard_errors"] == CONFIDENCE_STANDARD_ERRORS
+    )
+    best = choose([r for r in summary if r["guard_standard_errors"] is not None])
+    pairs = list(zip(current["devices"], best["devices"], strict=True))
+    wins = sum(meets(b) and not meets(a) for a, b in pairs)
+    losses = sum(meets(a) and not meets(b) for a, b in pairs)
+    p_value = sign_test(wins, losses)
+    adopt = best is not current and wins > losses and p_value < 0.05
+    decision = {"wins": wins, "losses": losses, "p_value": p_value, "adopt": adopt}
+    return current, best, decision
 
 
 def choose(summary: list[dict]) -> dict:
@@ -256,7 +411,7 @@ def camera_information(bundle, cloud: LocalCloud, corruption: str, severity: int
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="4 validation devices")
-    parser.add_argument("--devices", type=int, default=12, help="validation devices")
+    parser.add_argument("--devices", type=int, default=24, help="validation devices")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     started = time.perf_counter()
@@ -270,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
         devices = validation_devices(bundle, count)
         per_device, summary = sweep(bundle, cloud, devices)
         chosen = choose(summary)
+        print("run path (personalize, then run --personalize with the guard) ...", flush=True)
+        run_summary = run_sweep(bundle, cloud, devices)
+        current, best, decision = choose_run_settings(run_summary)
+        run_chosen = best if decision["adopt"] else current
         print("pixelate 4 (newcomer camera): is the information in the embeddings?", flush=True)
         pixelate = camera_information(bundle, cloud, "pixelate", 4)
     rows = [
@@ -282,6 +441,21 @@ def main(argv: list[str] | None = None) -> int:
         for r in summary
     ]
     table = markdown_table(["rule", "devices meeting targets", "ID flagged", "OOD flagged"], rows)
+    run_table = markdown_table(
+        ["run path", "device runs meeting targets", "ID flagged", "OOD flagged", "guard fallbacks"],
+        [
+            [
+                r["rule"]
+                + (" **(shipped)**" if r is current else "")
+                + (" (best candidate)" if r is best and r is not current else ""),
+                f"{r['devices_meeting_targets']}/{count * len(RUN_ORDERS)}",
+                f"{100 * r['id_flagged']:.1f} %",
+                f"{100 * r['ood_flagged']:.1f} %",
+                f"{r['guard_fallback_clips']} clips",
+            ]
+            for r in run_summary
+        ],
+    )
     info = markdown_table(
         ["head on pixelate-4 embeddings", "ID accuracy", "AUROC (Energy, near+far)"],
         [[k, f"{v['id_accuracy']:.3f}", f"{v['auroc_energy']:.3f}"] for k, v in pixelate.items()],
@@ -296,13 +470,23 @@ def main(argv: list[str] | None = None) -> int:
             "devices": per_device,
             "summary": summary,
             "chosen": chosen,
+            "run_path": run_summary,
+            "run_path_current": current["rule"],
+            "run_path_best": best["rule"],
+            "run_path_decision": decision,
+            "run_path_chosen": run_chosen["rule"],
             "pixelate_4": pixelate,
             "seconds": round(time.perf_counter() - started, 1),
         },
     )
     print(table)
+    print(run_table)
     print(info)
-    print(f"chosen: {chosen['rule']}")
+    print(
+        f"chosen: {chosen['rule']}; run path: shipped {current['rule']}, best {best['rule']} "
+        f"(+{decision['wins']} −{decision['losses']} runs, sign test p = "
+        f"{decision['p_value']:.2f}) → {run_chosen['rule']}"
+    )
     write_section(
         "personal_threshold",
         "Personalised Energy threshold: the offset rule chosen on validation devices",
@@ -315,6 +499,18 @@ def main(argv: list[str] | None = None) -> int:
         "under the global head). **Chosen: "
         f"{chosen['rule']}** (most devices meeting ID ≤ 20 % and OOD ≥ 80 %, ties: larger "
         f"mean OOD − ID).\n\n{table}\n\n"
+        "The same devices on the whole newcomer path: `personalize` on the window (Θ and "
+        "offset cached), then `run --personalize` over the shuffled stream in 16-clip "
+        "batches with the device's own PersonalHead (the cached Θ is restored, re-checked by "
+        f"the guard as the run's window grows, refreshed once {WINDOW_CLIPS} clips are in). "
+        f"The guard keeps Θ while msp(Θ) ≥ msp(global) − {CONFIDENCE_SLACK} − k·SE (SE: "
+        "standard error of the per-clip difference on the window); k is chosen here with the "
+        "same rule (no-guard rows for comparison only); the shipped settings change only when "
+        "the best candidate wins more paired runs than it loses with a sign-test p < 0.05. "
+        f"Shipped: {current['rule']}; best candidate: {best['rule']} (+{decision['wins']} / "
+        f"−{decision['losses']} runs against the shipped settings, p = "
+        f"{decision['p_value']:.2f}). **Result: {run_chosen['rule']}**."
+        f"\n\n{run_table}\n\n"
         "Is the information there for the newcomer's pixelate-4 camera (test clips through "
         "pixelate 4; a diagnostic, nothing chosen from it)? The fine-tuned head is the "
         "global head trained further with labels on 400 clips of that camera:\n\n"
