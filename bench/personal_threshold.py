@@ -24,7 +24,8 @@ batches with the device's own :class:`~device_client.personal_head.PersonalHead`
 :class:`~device_client.head_guard.HeadGuard` (the cached Θ restored, re-checked by the
 guard as the run's window grows, refreshed when the window is full) — for every window
 size (``personalize --clips`` = ``run --window``), quantile and guard allowance
-(``confidence_standard_errors``), each device under three stream orders. The shipped
+(``confidence_standard_errors``), plus judging guard fallbacks with the global head's
+offset on the run's window; each device under three stream orders. The shipped
 settings change only when a candidate wins significantly more paired runs than it loses
 (:func:`choose_run_settings`).
 
@@ -188,13 +189,17 @@ def run_path(
     quantile: float,
     standard_errors: float | None,
     order_seed: int,
+    fallback_window_offset: bool = False,
 ) -> dict:
     """The newcomer's path on one validation device: ``personalize`` on the window (Θ and
     offset cached), then ``run --personalize`` over the stream in 16-clip batches with the
     real PersonalHead: the cached Θ is restored, re-checked by the guard as the run's
     window grows, and refreshed once the window is full; each batch is judged with the
     head's own verdict threshold. ``window`` is both ``personalize --clips`` and
-    ``run --window``. The stream is shuffled (its clips come ID first)."""
+    ``run --window``. The stream is shuffled (its clips come ID first).
+    ``fallback_window_offset``: clips the guard hands to the global head are judged with
+    the model threshold plus the offset of the *global* head on the run's window (instead
+    of the model threshold alone)."""
     config, base = bundle.config, float(bundle.thresholds["energy"])
     reference = reference_energy(bundle)
     first = Personalizer(
@@ -230,6 +235,11 @@ def run_path(
         if logits is None:
             logits = z.double() @ weight.T + bias
         threshold = head.verdict_threshold("energy")
+        if fallback_window_offset and head.last_guard_weight >= 1.0:
+            window_global = personalizer.selector.window @ weight.numpy().T + bias.numpy()
+            threshold = base + energy_offset(
+                energy(torch.from_numpy(window_global)).numpy(), reference, quantile
+            )
         flags[batch] = energy(logits.double()).numpy() > (base if threshold is None else threshold)
     truth = device.stream_truth
     return {
@@ -243,15 +253,19 @@ def run_sweep(bundle, cloud: LocalCloud, devices: list[Device]) -> list[dict]:
     """Every (window, quantile, guard allowance) on the run path, each device under
     every stream order; summary rows like :func:`sweep` (counted over device × order)."""
     summary = []
-    for window, quantile, errors in itertools.product(
-        RUN_WINDOWS, RUN_QUANTILES, GUARD_STANDARD_ERRORS
-    ):
+    candidates = [
+        (*c, False) for c in itertools.product(RUN_WINDOWS, RUN_QUANTILES, GUARD_STANDARD_ERRORS)
+    ]
+    candidates += [(w, q, 0.0, True) for w in RUN_WINDOWS for q in RUN_QUANTILES]
+    for window, quantile, errors, window_offset in candidates:
         results = [
-            run_path(bundle, cloud, d, window, quantile, errors, o)
+            run_path(bundle, cloud, d, window, quantile, errors, o, window_offset)
             for d in devices
             for o in RUN_ORDERS
         ]
         guard = "no guard" if errors is None else f"guard k={errors:g}"
+        if window_offset:
+            guard += ", fallback judged with the global head's window offset"
         met = sum(r["id_flagged"] <= ID_TARGET and r["ood_flagged"] >= OOD_TARGET for r in results)
         summary.append(
             {
@@ -259,6 +273,7 @@ def run_sweep(bundle, cloud: LocalCloud, devices: list[Device]) -> list[dict]:
                 "window": window,
                 "quantile": quantile,
                 "guard_standard_errors": errors,
+                "fallback_window_offset": window_offset,
                 "devices_meeting_targets": met,
                 "id_flagged": float(np.mean([r["id_flagged"] for r in results])),
                 "ood_flagged": float(np.mean([r["ood_flagged"] for r in results])),
@@ -343,6 +358,7 @@ def choose_run_settings(summary: list[dict]) -> tuple[dict, dict, dict]:
         if r["window"] == DEFAULT_WINDOW
         and r["quantile"] == THRESHOLD_QUANTILE
         and r["guard_standard_errors"] == CONFIDENCE_STANDARD_ERRORS
+        and not r["fallback_window_offset"]
     )
     best = choose([r for r in summary if r["guard_standard_errors"] is not None])
     pairs = list(zip(current["devices"], best["devices"], strict=True))
