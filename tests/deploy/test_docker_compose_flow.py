@@ -3,9 +3,10 @@
 Needs a Docker engine, docker-compose and the images that ``make docker`` builds;
 ``make test-docker`` does all of that and then runs this file. It proves, in order:
 compose refuses to start without keys; a small model is trained with the image's CLI and
-the server turns healthy; two device containers enrol, download and score; REST scoring works
-from the host; bad device settings fail with one clear line; and after
-``docker-compose down`` and ``up`` on the same volumes nothing is lost.
+the server turns healthy; two device containers enrol, download, personalise their head with
+CKKS-encrypted channels and score with it; REST scoring works from the host; bad device
+settings fail with one clear line; and after ``docker-compose down`` and ``up`` on the same
+volumes nothing is lost (devices, models, the devices' CKKS contexts, their enrolment).
 """
 
 from __future__ import annotations
@@ -134,6 +135,25 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeStack]:
     compose("down", "--volumes", "--timeout", "20", check=False)
 
 
+def run_summary(log: str) -> dict[str, Any]:
+    """The JSON line ``secdood-device run --json`` ends its output with (the container log
+    holds stdout, then stderr)."""
+    lines = [line for line in log.splitlines() if line.startswith('{"clips"')]
+    assert lines, f"no run --json summary in:\n{log}"
+    return json.loads(lines[-1])
+
+
+def assert_personalised_encrypted(log: str, context: str) -> None:
+    """``personalize`` sent encrypted channels (context uploaded now / already with the
+    cloud, as ``context`` says) and ``run`` scored every clip with the personalised head."""
+    assert "channels encrypted" in log and "plaintext mode" not in log, log
+    assert f"public CKKS context: {context}" in log, log
+    summary = run_summary(log)
+    assert summary["head"] == "personalised", summary
+    assert summary["theta_status"] in {"fresh", "cached"}, summary
+    assert summary["clips"] > 0, summary
+
+
 def durable_state(stack: ComposeStack) -> dict[str, Any]:
     """What must survive a restart: devices (with their profiles) and registered models."""
     devices = stack.admin("/v1/devices")
@@ -162,6 +182,7 @@ def test_full_flow_and_restart_loses_nothing(stack: ComposeStack) -> None:
     for log in logs.values():
         assert "enrolled device" in log, log
         assert "Traceback" not in log, log
+        assert_personalised_encrypted(log, context="uploaded now")
 
     # The REST API from the host, on the loopback-published port, with the generated key.
     features = [[0.01 * i for i in range(128)]] * 2
@@ -189,10 +210,12 @@ def test_full_flow_and_restart_loses_nothing(stack: ComposeStack) -> None:
     stack.wait_healthy(300)  # no training this time: the model is in the volume
     assert durable_state(stack) == before
 
-    # The devices kept their enrolment (token in their volume): no second enrolment.
+    # The devices kept their enrolment (token in their volume): no second enrolment; the
+    # server kept their public CKKS contexts: personalising again uploads nothing.
     again = stack.run_devices()
     for log in again.values():
         assert "enrolled device" not in log, log
+        assert_personalised_encrypted(log, context="already with the cloud")
     assert len(stack.admin("/v1/devices")) == len(DEVICE_NAMES)
 
 
