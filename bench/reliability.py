@@ -193,6 +193,7 @@ class _Device:
         self.embed_dim = embed_dim
         self.times: dict[str, float] = {}
         self.retries = 0
+        self.enrol_retries = 0
         self.error: str | None = None
 
     def run(self) -> None:
@@ -202,6 +203,7 @@ class _Device:
                 started = time.perf_counter()
                 client.enroll(self.key, f"load-{self.index}", {"hardware": "bench"})
                 self.times["enrol"] = time.perf_counter() - started
+                self.enrol_retries = client.retries
                 started = time.perf_counter()
                 client.upload_context(self.public)
                 self.times["upload"] = time.perf_counter() - started
@@ -274,6 +276,7 @@ def run_load(service, devices: int, embed_dim: int, rows: np.ndarray) -> dict[st
         "lost_devices": devices - len(completed),
         "errors": sorted({d.error for d in fleet if d.error})[:5],
         "device_retries": sum(d.retries for d in fleet),
+        "enrol_retries": sum(d.enrol_retries for d in fleet),
         "wall_s": wall_s,
         "phases": {
             phase: _percentiles([d.times[phase] for d in fleet if phase in d.times])
@@ -337,16 +340,15 @@ def _hwm_growth(work: Any, *args: Any) -> int:
 
 
 def _calibrate(context_bytes: bytes, upload_cap: int) -> dict[str, float]:
-    """Child-process measurements: memory of parsed contexts and of a parsed JSON body."""
+    """Child-process measurements: memory a parsed context keeps (RSS growth per context
+    while eight are kept) and the peak growth of parsing a JSON body."""
     from server.rest.inputs import parse_json_body
     from server.rest.schemas import InferenceRequest
 
-    parsed: list[EvaluationKeys] = []
-
-    def parse_eight() -> None:
-        parsed.extend(EvaluationKeys.from_public_context(context_bytes) for _ in range(8))
-
-    growth = _hwm_growth(parse_eight)
+    EvaluationKeys.from_public_context(context_bytes)  # first-use costs (tables, pools)
+    before = _rss_bytes(os.getpid(), "VmRSS")
+    parsed = [EvaluationKeys.from_public_context(context_bytes) for _ in range(8)]
+    growth = _rss_bytes(os.getpid(), "VmRSS") - before
     values = (upload_cap - 200) // 4  # the densest JSON of numbers: "0.0," per value
     head = {"name": "features", "shape": [values, 1], "datatype": "FP32", "data": []}
     body = json.dumps({"inputs": [head]}).replace("[]", "[" + ",".join(["0.0"] * values) + "]")
@@ -372,12 +374,13 @@ def memory_terms(
 ) -> dict[str, int]:
     """The server's worst case by configuration, term by term (bytes); their sum is the bound.
 
-    Each term is a cap times the most one unit may hold: a parsed context at
-    most :func:`~server.ckks_matmul.parsed_bytes_limit` of an upload (refused
-    before SEAL allocates otherwise), one parse at a time (its two copies of the
-    upload and its keys), every admitted data call its upload and a parsed
-    context, every admitted scoring request its body and the parsed body
-    (``json_expansion`` × the body, measured: not enforced by the server).
+    Each term is a cap times the most one unit may hold. A parsed context takes
+    at most :func:`~server.ckks_matmul.parsed_bytes_limit` of its upload (sized
+    before SEAL allocates, refused otherwise); a data call holds its upload, the
+    protobuf message's copy of it and the Galois-key bytes copied out of that,
+    and while SEAL loads them its decompression buffer and the keys. Every
+    admitted scoring request holds its body and the parsed body
+    (``json_expansion`` × the body: measured, not enforced).
     """
     upload = settings.max_upload_bytes
     parsed = parsed_bytes_limit(upload)
@@ -387,8 +390,8 @@ def memory_terms(
         "baseline (RSS after start, measured)": baseline,
         "parsed-context cache (`context_cache_bytes`)": settings.context_cache_bytes,
         "encoded-rows cache": MAX_ENCODED_ROWS_BYTES,
-        f"{data_calls} data calls × (upload + parsed context)": data_calls * (upload + parsed),
-        "1 context parse in flight (2 upload copies + keys)": 2 * upload + parsed,
+        f"{data_calls} data calls × (3 upload copies + 2 × parsed context)": data_calls
+        * (3 * upload + 2 * parsed),
         f"{data_calls} gRPC messages in flight": data_calls * MAX_MESSAGE_BYTES,
         f"{devices} connections × HTTP/2 window": devices * GRPC_WINDOW_BYTES,
         f"{scoring} scoring requests × body × (1 + {json_expansion:.0f} parsed)": int(
@@ -416,7 +419,8 @@ def render(result: dict[str, Any]) -> str:
         f"{load['context_bytes'] / mib:.1f} MiB public context → personalise one encrypted "
         f"embedding (α = {ALPHA}), with {REST_CLIENTS} REST clients scoring meanwhile. "
         f"Completed {load['completed']}/{load['devices']} devices, lost {load['lost_devices']}, "
-        f"{load['device_retries']} overload retries; REST {load['rest']['requests']} scored, "
+        f"{load['device_retries']} overload retries ({load['enrol_retries']} of them "
+        "enrolments); REST {load['rest']['requests']} scored, "
         f"lost {load['rest']['lost']}, statuses {load['rest']['statuses']}. Wall "
         f"{load['wall_s']:.0f} s.",
         "",

@@ -18,6 +18,8 @@ loopback, cached for a second), so a container healthcheck on
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
@@ -32,7 +34,6 @@ import uvicorn
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import SecretStr
 
-from server.allocator import tune_malloc
 from server.gateway.server import build_grpc_server, set_serving
 from server.jobs import JobCancelledError, JobRunner
 from server.registry import Registry, open_registry
@@ -55,6 +56,21 @@ KEY_FIELDS = ("enrollment_key", "scoring_api_key", "admin_api_key")
 #: how long a gRPC health answer counts for REST readiness (seconds)
 PROBE_CACHE_S = 1.0
 PROBE_TIMEOUT_S = 1.0
+
+
+#: glibc malloc arenas for the whole process (default 8 × cores): each thread that
+#: allocates large buffers (uploads, contexts) otherwise keeps its own arena, and RSS grows
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # glibc's mallopt parameter number for M_ARENA_MAX
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas (as ``MALLOC_ARENA_MAX`` would); False where not glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
 
 
 def restrict_permissions(data_dir: Path) -> None:
@@ -130,7 +146,7 @@ class Service:
     bootstrap_error: BaseException | None = field(init=False, default=None)
 
     def start(self) -> None:
-        tune_malloc()  # before the server threads start allocating
+        limit_malloc_arenas()  # before the server threads start allocating
         self.settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.settings = resolve_keys(self.settings)
         self.registry = open_registry(self.settings.database_url, self.settings.data_dir)

@@ -21,7 +21,6 @@ One multiplicative level is used (the plain product, then one rescale), as befor
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,12 +35,6 @@ from server.ckks_wire import (
     seal_save,
 )
 from shared.he import FOREIGN_CIPHERTEXT
-
-#: one parse at a time: SEAL's load holds the GIL for its whole length, so parallel parses
-#: gain nothing, and each one in flight holds a copy of its upload and its decompressed
-#: keys (a memory bound), and crowds out the light calls (enrolment, health, REST) that
-#: wait for the GIL between them
-_PARSING = threading.Lock()
 
 #: memory of one parsed context beyond its keys (SEALContext NTT/RNS tables per level,
 #: Galois permutation tables, encoder, evaluator), per coefficient × prime: measured
@@ -113,14 +106,8 @@ class EvaluationKeys:
         ValueError if the bytes are not a TenSEAL context, are not CKKS, or break
         SEAL's 128-bit security bound, or would take more memory parsed than
         :func:`parsed_bytes_limit` allows; :class:`PrivateContextError` if they
-        hold a secret key. One context is parsed at a time in a process
-        (:data:`_PARSING`).
+        hold a secret key.
         """
-        with _PARSING:
-            return cls._parse(data)
-
-    @classmethod
-    def _parse(cls, data: bytes) -> EvaluationKeys:
         try:
             message = TenSEALContextProto.FromString(data)
         except DecodeError as error:
@@ -139,7 +126,15 @@ class EvaluationKeys:
             raise _not_a_context(error) from None
         if parms.scheme() != seal.SCHEME_TYPE.CKKS:
             raise ValueError(f"context uses the {parms.scheme().name} scheme; CKKS is needed")
-        _check_parsed_size(parms, message.public_context.galois_keys, len(data), limit)
+        galois = message.public_context.galois_keys
+        _check_parsed_size(parms, galois, len(data), limit)
+        scale = message.public_context.scale
+        del message  # its copy of the upload
+        return cls._load(parms, galois, scale)
+
+    @classmethod
+    def _load(cls, parms: seal.EncryptionParameters, galois: bytes, scale: float) -> EvaluationKeys:
+        """The SEAL objects of a checked context (``scale`` 0: the default for its primes)."""
         context = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
         if not context.parameters_set():
             raise ValueError(
@@ -147,15 +142,15 @@ class EvaluationKeys:
                 f"{context.parameters_error_message()}"
             )
         galois_keys = seal.GaloisKeys()  # without them only a 1-row product works
-        if message.public_context.galois_keys:
+        if galois:
             try:
-                seal_load(galois_keys, message.public_context.galois_keys, context)
+                seal_load(galois_keys, galois, context)
             except Exception as error:
                 raise _not_a_context(f"unreadable Galois keys ({error})") from None
         degree = parms.poly_modulus_degree()
         bits = tuple(prime.bit_count() for prime in parms.coeff_modulus())
         nbytes = parsed_context_bytes(degree, len(bits), galois_keys.size())
-        scale = message.public_context.scale or 2.0 ** bits[min(1, len(bits) - 1)]
+        scale = scale or 2.0 ** bits[min(1, len(bits) - 1)]
         return cls(
             context,
             galois_keys,

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from server.allocator import tune_malloc
 from server.bytes_cache import BytesBoundedCache
 from server.ckks_matmul import EncodedRows, EvaluationKeys, encode_rows, evaluate, read_vector
 
@@ -51,7 +50,6 @@ def _start_worker(
     max_context_bytes: int, max_rows_bytes: int, store_root: str, parent: int
 ) -> None:
     global _state
-    tune_malloc()  # as in the server process: parsed contexts come and go here too
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     _state = _WorkerState(
         BytesBoundedCache(max_context_bytes, lambda keys: keys.nbytes),
