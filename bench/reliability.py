@@ -66,8 +66,9 @@ from shared.rpc import gateway_pb2, gateway_pb2_grpc
 LOAD_PARAMS = CKKSParams(poly_modulus_degree=4096, coeff_mod_bit_sizes=(40, 20, 40), scale_bits=20)
 KEY_SETS = 10
 ALPHA = 0.25
-#: memory configuration of the server under test (the RSS bound is computed from it)
-CACHE_BYTES = 256 * 1024 * 1024
+#: memory configuration of the server under test (the RSS bound is computed from it);
+#: the cache holds about 30 parsed N = 4096 contexts (12.4 MiB each by its estimate)
+CACHE_BYTES = 384 * 1024 * 1024
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024
 DATA_STREAMS = 16
 REST_CLIENTS = 4
@@ -420,7 +421,7 @@ def render(result: dict[str, Any]) -> str:
         f"embedding (α = {ALPHA}), with {REST_CLIENTS} REST clients scoring meanwhile. "
         f"Completed {load['completed']}/{load['devices']} devices, lost {load['lost_devices']}, "
         f"{load['device_retries']} overload retries ({load['enrol_retries']} of them "
-        "enrolments); REST {load['rest']['requests']} scored, "
+        f"enrolments); REST {load['rest']['requests']} scored, "
         f"lost {load['rest']['lost']}, statuses {load['rest']['statuses']}. Wall "
         f"{load['wall_s']:.0f} s.",
         "",
