@@ -23,12 +23,10 @@ from server.gateway.malformed import MalformedMessageInterceptor
 from server.gateway.servicer import DeviceGatewayServicer
 from server.personalization import PersonalizationService
 from server.registry import Registry
-from server.registry.artifacts import CHUNK_BYTES
 from server.settings import Settings
 from shared.rpc import gateway_pb2, gateway_pb2_grpc
+from shared.wire import MAX_MESSAGE_BYTES
 
-#: one 1 MiB chunk plus room for the protobuf framing and the sha256 on a first chunk
-MAX_MESSAGE_BYTES = CHUNK_BYTES + 64 * 1024
 #: concurrent enrolments (each a short database write)
 MAX_ENROLMENTS = 4
 
