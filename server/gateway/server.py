@@ -17,7 +17,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from server.gateway.auth import GATEWAY_SERVICE, DeviceAuthInterceptor
+from server.gateway.auth import DeviceAuthInterceptor
+from server.gateway.interception import GATEWAY_SERVICE
 from server.gateway.limits import CallLimits, LimitsInterceptor, StreamWatchdog, pool_size
 from server.gateway.malformed import MalformedMessageInterceptor
 from server.gateway.servicer import DeviceGatewayServicer

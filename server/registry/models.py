@@ -129,6 +129,20 @@ class ModelCatalog(RegistryCore):
             session.flush()
             return snapshot(row, ModelRecord)
 
+    def register_int8(self, record: ModelRecord, artifact: bytes, quantization: str) -> ModelRecord:
+        """Attach ``artifact`` as the int8 variant of ``record``'s version, noting both sizes.
+
+        ``quantization`` says how it was made (stored in the config)."""
+        return self.register_model(
+            record.name,
+            record.method,
+            {**record.config, "quantization": quantization},
+            {"float_artifact_bytes": record.size_bytes, "int8_artifact_bytes": len(artifact)},
+            artifact,
+            variant="int8",
+            version=record.version,
+        )
+
     def get_model(
         self, name: str, version: int | None = None, variant: str = "float"
     ) -> ModelRecord:
