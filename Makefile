@@ -71,6 +71,7 @@ bench: proto
 	$(BIN)/python -m bench.ood_baselines --quick
 	$(BIN)/python -m bench.base_model --quick
 	$(BIN)/python -m bench.personalization --quick
+	$(BIN)/python -m bench.personal_threshold --quick
 	$(BIN)/python -m bench.newcomer --quick
 	$(BIN)/python -m bench.device --quick
 	$(BIN)/python -m bench.service --quick

@@ -8,8 +8,11 @@ walks the documented CLI path against a real gRPC gateway on loopback:
 own shifted stream, 30 % near/far OOD, ground truth beside it) → ``run --json``
 (global head) → ``personalize`` (64 clips of its simulated camera, α = 0.25,
 encrypted with the product's CKKS parameters) → ``run --personalize --json``.
-The flag rates are the CLI's own JSON report (the model's Energy threshold,
-calibrated to accept 95 % of clean ID validation clips). The AUROC columns
+The flag rates are the CLI's own JSON report: the global head is judged with the
+model's Energy threshold (calibrated to accept 95 % of clean ID validation clips), the
+personalised head with that threshold plus the offset stored with its Θ
+(``device_client.personalization.energy_offset``; its quantile chosen on validation
+devices by ``bench/personal_threshold.py``). The AUROC columns
 (Energy, ID positive) come from the per-clip scores the CLI printed, to tell a
 threshold problem from a separability problem.
 
@@ -36,6 +39,7 @@ import torch
 
 from bench.report import markdown_table, write_json, write_section
 from device_client.cli import main as device_cli
+from device_client.personalization import THRESHOLD_QUANTILE
 from device_client.simulated_camera import load_truth
 from server.gateway import build_grpc_server
 from server.jobs import ensure_model
@@ -94,6 +98,10 @@ def run_report(output: str, truth: list[int]) -> dict:
     scores = np.array([float(line.split()[2]) for line in lines[1 : 1 + report["clips"]]])
     labels = np.array(truth[: len(scores)])
     report["auroc"] = ood_metrics(scores[labels >= 0], scores[labels < 0])["auroc"]
+    # the same scores judged with the model's own threshold (no personalised offset)
+    flags = scores > report["threshold"]
+    report["model_threshold_id_flagged_rate"] = float(flags[labels >= 0].mean())
+    report["model_threshold_ood_flagged_rate"] = float(flags[labels < 0].mean())
     return report
 
 
@@ -145,7 +153,12 @@ def throwaway_registry(folder: Path):
                 source.artifacts.read_bytes(record.artifact_sha256),
             )
             print(f"{name} v{record.version} (sha256 {record.artifact_sha256[:12]}…)", flush=True)
+            MODELS[name] = {"version": record.version, "sha256": record.artifact_sha256}
     return registry
+
+
+#: the registered models the run used (filled by :func:`throwaway_registry`)
+MODELS: dict[str, dict] = {}
 
 
 def summarise(rows: list[dict]) -> list[list]:
@@ -158,6 +171,23 @@ def summarise(rows: list[dict]) -> list[list]:
                 for key in ("id_flagged_rate", "ood_flagged_rate", "auroc")
             }
             met = f"{sum(r['meets_targets'] for r in group)}/{len(group)}"
+            offset = (
+                f"{np.mean([r[head]['energy_offset'] for r in group]):+.2f}"
+                if head == "personalised"
+                else ""
+            )
+            model_threshold = ""
+            if head == "personalised":
+                id_rate, ood_rate = (
+                    100 * np.mean([r[head][f"model_threshold_{k}_flagged_rate"] for r in group])
+                    for k in ("id", "ood")
+                )
+                met_model = sum(
+                    r[head]["model_threshold_id_flagged_rate"] <= ID_TARGET
+                    and r[head]["model_threshold_ood_flagged_rate"] >= OOD_TARGET
+                    for r in group
+                )
+                model_threshold = f"{id_rate:.1f} % / {ood_rate:.1f} % ({met_model}/{len(group)})"
             table.append(
                 [
                     f"{corruption} {severity}",
@@ -166,7 +196,9 @@ def summarise(rows: list[dict]) -> list[list]:
                     f"{100 * means['id_flagged_rate']:.1f} %",
                     f"{100 * means['ood_flagged_rate']:.1f} %",
                     f"{means['auroc']:.3f}",
+                    offset,
                     met if head == "personalised" else "",
+                    model_threshold,
                 ]
             )
     return table
@@ -206,13 +238,18 @@ def main(argv: list[str] | None = None) -> int:
             server.stop(grace=None).wait()
             registry.close()
     met = sum(r["meets_targets"] for r in rows)
-    headers = ["camera", "head", "devices", "ID flagged", "OOD flagged", "AUROC (E)", "targets met"]
+    headers = [
+        "camera", "head", "devices", "ID flagged", "OOD flagged", "AUROC (E)",
+        "threshold offset", "targets met",
+        "with the model's threshold instead: ID / OOD flagged (targets met)",
+    ]  # fmt: skip
     table = markdown_table(headers, summarise(rows))
     results = {
         "quick": args.quick,
         "targets": {"id_flagged_rate_max": ID_TARGET, "ood_flagged_rate_min": OOD_TARGET},
         "devices": rows,
         "devices_meeting_targets": met,
+        "models": MODELS,
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_json("newcomer", results)
@@ -224,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{'Quick' if args.quick else 'Full'} run, {len(rows)} simulated devices "
         f"({STREAM_CLIPS}-clip stream each, 30 % OOD; seeds {list(seeds)}). Targets: ID clips "
         f"flagged ≤ {ID_TARGET:.0%}, OOD clips flagged ≥ {OOD_TARGET:.0%} after `personalize`. "
+        f"Models: {BASE_MODEL} v{MODELS[BASE_MODEL]['version']}, {HYPERNETWORK} "
+        f"v{MODELS[HYPERNETWORK]['version']} (sha256 {MODELS[HYPERNETWORK]['sha256'][:12]}). "
+        "The personalised head is judged with the model's Energy threshold plus its Θ's "
+        f"offset (quantile {THRESHOLD_QUANTILE}; mean offset per camera in the table). "
         f"Means per camera; **{met}/{len(rows)} devices meet both targets**.\n\n{table}",
     )
     return 0

@@ -55,6 +55,7 @@ def collect_status(state: DeviceState) -> dict[str, Any]:
                 "base_model": cached.model_key,
                 "alpha": cached.alpha,
                 "encrypted": cached.encrypted,
+                "energy_offset": snapshot.energy_offset,
             }
     except KeyringError as error:
         status["keyring_error"] = str(error)
@@ -158,6 +159,11 @@ def format_status(status: dict[str, Any]) -> str:
             f"theta:        {theta['hypernet']['name']} v{theta['hypernet']['version']}, age "
             f"{_age(theta['age_s'])} (refreshed {_when(theta['refreshed_at'])}: "
             f"{theta['reason']}), for {theta['base_model']}"
+        )
+        offset = theta["energy_offset"]
+        lines.append(
+            "threshold:    Energy threshold of the model"
+            + (" (no offset cached)" if offset is None else f" {offset:+.4f} for this theta")
         )
     last = status["last_refresh"]
     if last:

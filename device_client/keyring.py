@@ -14,8 +14,9 @@ other code wires a context by hand:
   parameters), and when the device's CKKS parameters change (new keys); the rule
   lives in :mod:`device_client.context_upload`.
 - **Θ**: every refresh of the per-device Θ is saved to ``theta.json`` (0600) with
-  the HyperNetwork's name, version and sha256, the base model it belongs to and
-  the time, so a restarted device scores personalised at once, even offline.
+  the HyperNetwork's name, version and sha256, the base model it belongs to, the
+  time and its Energy-threshold offset, so a restarted device scores personalised
+  (and judges with the personalised threshold) at once, even offline.
 
 Files (all written atomically)::
 
@@ -98,6 +99,7 @@ class CachedTheta:
             "hypernet": asdict(s.hypernet),
             "refreshed_at": s.refreshed_at,
             "reason": s.reason,
+            "energy_offset": s.energy_offset,
             "model_key": self.model_key,
             "alpha": self.alpha,
             "encrypted": self.encrypted,
@@ -113,8 +115,14 @@ class CachedTheta:
             hypernet=HyperNetIdentity(**data["hypernet"]),
             refreshed_at=float(data["refreshed_at"]),
             reason=str(data["reason"]),
+            energy_offset=_optional_float(data.get("energy_offset")),
         )
         return cls(snapshot, str(data["model_key"]), float(data["alpha"]), data["encrypted"])
+
+
+def _optional_float(value: Any) -> float | None:
+    """A cached number that older theta.json files lack (None there)."""
+    return None if value is None else float(value)
 
 
 class DeviceKeyring:

@@ -12,6 +12,12 @@ In per-device mode an optional :class:`~device_client.head_guard.HeadGuard` chec
 every new (or restored) Θ on the window it is used for and serves the global head
 instead when the personalised one looks wrong; those clips are counted and named
 in the report line (``global(guard, v1)``), the ``run --json`` summary and telemetry.
+
+Energy verdicts of the personalised head use their own threshold
+(:meth:`PersonalHead.verdict_threshold`): the base model's Energy threshold plus the
+offset stored with Θ at its refresh (see :mod:`device_client.personalization`). When
+the guard serves the global head the offset is dropped (scaled by the personalised
+head's share in blend mode), so global logits keep the global threshold.
 """
 
 from __future__ import annotations
@@ -29,7 +35,11 @@ class PersonalHead:
     """Callable head for :meth:`DeviceRuntime.score_clips`: z [N, D] → logits or None."""
 
     def __init__(
-        self, personalizer: Personalizer, keyring: DeviceKeyring, guard: HeadGuard | None = None
+        self,
+        personalizer: Personalizer,
+        keyring: DeviceKeyring,
+        guard: HeadGuard | None = None,
+        energy_threshold: float | None = None,
     ) -> None:
         self.personalizer = personalizer
         self.keyring = keyring
@@ -40,6 +50,8 @@ class PersonalHead:
         self.clips_guard_fallback = 0
         #: the guard's global-head weight for the last batch (0: personalised head only)
         self.last_guard_weight = 0.0
+        #: the base model's Energy threshold (None: verdicts keep the model's thresholds)
+        self.energy_threshold = energy_threshold
         self._was_stale = personalizer.stale
         self._guarded: ThetaSnapshot | None = None
         self._guard_window = 0  # clips in the window the guard last checked Θ on
@@ -84,6 +96,22 @@ class PersonalHead:
             self.clips_guard_fallback += len(z)
         return logits
 
+    def threshold_offset(self) -> float | None:
+        """The Energy-threshold offset for the last batch: Θ's offset times the share of
+        the personalised head in its logits (None: global head, or Θ has no offset)."""
+        offset = self.personalizer.energy_offset if self.personalizer.mode == "per_device" else None
+        if self.last_head == "global" or offset is None:
+            return None
+        share = 1.0 - self.last_guard_weight if self.guard is not None else 1.0
+        return share * offset if share > 0.0 else None
+
+    def verdict_threshold(self, detector: str) -> float | None:
+        """The Energy threshold for the last batch's logits (None: the model's own)."""
+        offset = self.threshold_offset()
+        if detector != "energy" or self.energy_threshold is None or offset is None:
+            return None
+        return self.energy_threshold + offset
+
     def _global(self, n: int) -> None:
         self.last_head = "global"
         self.clips_global += n
@@ -100,6 +128,8 @@ class PersonalHead:
         }
         if self.guard is not None:
             numbers["guard_fallback_clips"] = float(self.clips_guard_fallback)
+        if self.personalizer.energy_offset is not None:
+            numbers["energy_threshold_offset"] = float(self.personalizer.energy_offset)
         return numbers
 
     def guard_report(self) -> dict[str, float | bool | None] | None:
@@ -133,6 +163,14 @@ class PersonalHead:
             share = f", {100 * self.last_guard_weight:.0f}% global"
             return f"personal(v{p.hypernet.version}{status}{share})"
         return f"personal(v{p.hypernet.version}{status})"
+
+
+def reference_energy(bundle) -> np.ndarray:
+    """The global head's Energy on the model's clean ID reference clips (the anchor of
+    the personalised threshold's offset)."""
+    from shared.ood.energy import energy
+
+    return energy(bundle.reference_logits.double()).numpy()
 
 
 def flag_rates(is_ood: list[bool], truth: list[int] | None) -> dict[str, float | int | None]:

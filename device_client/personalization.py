@@ -23,6 +23,16 @@ restored from disk (:meth:`Personalizer.restore`: the device restarted) and one
 older than ``max_age_s``. When the cloud is unreachable the cached Θ stays in
 use, :attr:`stale` is set, and the refresh is retried every ``retry_every``
 clips, so the device recovers by itself when the cloud is back.
+
+Verdict threshold of the personalised head: the base model's Energy threshold is
+calibrated on the global head's scores, and a personalised head scores on its own
+scale. At each refresh the Personalizer therefore stores an Energy offset with Θ
+(:func:`energy_offset`): the ``threshold_quantile`` of the window's Energy under Θ
+minus the same quantile of the global head's Energy on the model's clean reference
+features (``reference_energy``). The device flags a clip when its personalised Energy
+exceeds the base threshold plus that offset. A quantile at or below the median stays
+on the window's ID mass while most of the window is ID, so the offset follows how the
+personalised head moved the ID scores, not the OOD clips in the window.
 """
 
 from __future__ import annotations
@@ -44,6 +54,11 @@ from shared.hypernet import personalised_logits
 from shared.ood.energy import energy
 
 PersonalizeMode = Literal["per_sample", "per_device"]
+
+#: the quantile of the window's Energy under Θ (and of the reference under the global head)
+#: that sets the personalised threshold's offset; chosen on validation devices by
+#: ``bench/personal_threshold.py`` (see BENCHMARKS.md, section personal_threshold)
+THRESHOLD_QUANTILE = 0.5
 
 
 class PersonalizeTransport(Protocol):
@@ -87,6 +102,24 @@ class ThetaSnapshot:
     hypernet: HyperNetIdentity
     refreshed_at: float  # UNIX seconds
     reason: str  # why it was refreshed
+    #: add to the base model's Energy threshold for this Θ (None: no reference to compare with)
+    energy_offset: float | None = None
+
+
+def energy_offset(
+    window_energy: np.ndarray | torch.Tensor,
+    reference_energy: np.ndarray | torch.Tensor,
+    quantile: float,
+) -> float:
+    """How far a personalised head moved the Energy scale: the ``quantile`` of the window's
+    Energy under Θ minus the same quantile of the global head's Energy on clean ID."""
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+    window = np.asarray(window_energy, dtype=np.float64)
+    reference = np.asarray(reference_energy, dtype=np.float64)
+    if window.size == 0 or reference.size == 0:
+        raise ValueError("energy_offset needs a non-empty window and reference")
+    return float(np.quantile(window, quantile) - np.quantile(reference, quantile))
 
 
 class Personalizer:
@@ -109,6 +142,8 @@ class Personalizer:
         retry_every: int = 16,
         min_window: int = 2,
         on_refresh: Callable[[ThetaSnapshot], None] | None = None,
+        reference_energy: np.ndarray | None = None,
+        threshold_quantile: float = THRESHOLD_QUANTILE,
     ) -> None:
         if mode not in ("per_sample", "per_device"):
             raise ValueError(f"mode must be 'per_sample' or 'per_device', got {mode!r}")
@@ -120,6 +155,8 @@ class Personalizer:
             raise ValueError("max_age_s must be > 0 (or None) and retry_every >= 1")
         if not 2 <= min_window <= window:
             raise ValueError(f"min_window must be in [2, window = {window}], got {min_window}")
+        if not 0.0 < threshold_quantile < 1.0:
+            raise ValueError(f"threshold_quantile must be in (0, 1), got {threshold_quantile}")
         self.transport = transport
         self.embed_dim = embed_dim
         self.num_classes = num_classes
@@ -134,6 +171,11 @@ class Personalizer:
         #: embeddings the window must hold before an automatic refresh
         self.min_window = min_window
         self.on_refresh = on_refresh
+        #: the global head's Energy on clean ID clips (None: no threshold offset is computed)
+        self.reference_energy = (
+            None if reference_energy is None else np.asarray(reference_energy, dtype=np.float64)
+        )
+        self.threshold_quantile = threshold_quantile
         #: the last Θ could not be refreshed because the cloud was unreachable
         self.stale = False
         self.refreshes = 0
@@ -151,6 +193,11 @@ class Personalizer:
     @property
     def theta_size(self) -> int:
         return self.embed_dim * self.num_classes + self.num_classes
+
+    @property
+    def energy_offset(self) -> float | None:
+        """The cached Θ's Energy-threshold offset (None before a refresh or without one)."""
+        return None if self.snapshot is None else self.snapshot.energy_offset
 
     @property
     def theta(self) -> np.ndarray | None:
@@ -224,6 +271,9 @@ class Personalizer:
             hypernet=self.hypernet,
             refreshed_at=time.time(),
             reason=reason,
+            energy_offset=None
+            if self.reference_energy is None
+            else energy_offset(scores, self.reference_energy, self.threshold_quantile),
         )
         self.stale = False
         self._due = None

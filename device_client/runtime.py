@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -210,6 +211,18 @@ class OnlineZOAdapter:
             self.rounds += 1
 
 
+@runtime_checkable
+class ThresholdedHead(Protocol):
+    """A head whose logits come with their own verdict threshold (e.g. the personalised
+    head: see :class:`device_client.personal_head.PersonalHead`)."""
+
+    def __call__(self, features: Tensor) -> Tensor | None: ...
+
+    def verdict_threshold(self, detector: str) -> float | None:
+        """The threshold for the logits of the last call (None: the model's own)."""
+        ...
+
+
 class DeviceRuntime:
     """Scores clips with the prepared model; adapts online in mode ``"zo"``."""
 
@@ -250,11 +263,12 @@ class DeviceRuntime:
         frames: np.ndarray,
         detector: str = DEFAULT_DETECTOR,
         head: Callable[[Tensor], Tensor | None] | None = None,
+        threshold: float | None = None,
     ) -> Verdicts:
         """uint8 clips [N, T, H, W, 3] -> verdicts (flow computed here)."""
         rgb = frames_to_tensor(frames)
         flow = flow_to_tensor(compute_flow_batch(frames))
-        return self.score_tensors(rgb, flow, detector, head)
+        return self.score_tensors(rgb, flow, detector, head, threshold)
 
     def score_tensors(
         self,
@@ -262,16 +276,23 @@ class DeviceRuntime:
         flow: Tensor,
         detector: str = DEFAULT_DETECTOR,
         head: Callable[[Tensor], Tensor | None] | None = None,
+        threshold: float | None = None,
     ) -> Verdicts:
         """Model-ready inputs -> verdicts; in mode ``"zo"`` the clips then feed the adapter.
 
         ``head`` maps the embeddings z [N, D] to logits [N, C] (e.g. a personalised
-        classifier); None from it, or no ``head``, means the model's global head.
+        classifier); None from it, or no ``head``, means the model's global head. A
+        head with its own scale (:class:`ThresholdedHead`) also sets the verdict
+        threshold for the logits it returned; ``threshold`` overrides both.
         """
         with torch.inference_mode():
             features = self.bundle.model.embed(rgb, flow)
         logits = head(features) if head is not None else None
-        verdicts = self.pipeline.score_features(features, detector, logits=logits)
+        if threshold is None and logits is not None and isinstance(head, ThresholdedHead):
+            threshold = head.verdict_threshold(detector)
+        verdicts = self.pipeline.score_features(
+            features, detector, logits=logits, threshold=threshold
+        )
         if self.adapter is not None:
             self.adapter.observe(rgb, flow)
         return verdicts

@@ -92,15 +92,23 @@ class OODPipeline:
         detector: str = DEFAULT_DETECTOR,
         extra_detectors: tuple[str, ...] = (),
         logits: torch.Tensor | None = None,
+        threshold: float | None = None,
     ) -> Verdicts:
-        """Score embeddings with the given (e.g. personalised) logits, else the global head."""
+        """Score embeddings with the given (e.g. personalised) logits, else the global head.
+
+        ``threshold`` overrides the model's calibrated threshold for ``detector`` (a
+        personalised head scores on its own scale); None keeps the calibrated one.
+        """
         features = self.check_features(features)
         if logits is None:
             logits = features @ self.head.weight.T + self.head.bias
         evidence = Evidence(features, logits)
         names = [detector, *[d for d in extra_detectors if d != detector]]
         scores = {name: self.detector(name).score(evidence) for name in names}
-        threshold = self.threshold(detector)
+        if threshold is None:
+            threshold = self.threshold(detector)
+        elif not np.isfinite(threshold):
+            raise ValueError(f"threshold must be a finite number, got {threshold}")
         main = scores[detector]
         return Verdicts(
             logits=logits,
@@ -108,7 +116,7 @@ class OODPipeline:
             labels=[self.bundle.classes[i] for i in logits.argmax(1).tolist()],
             ood_score=main,
             is_ood=main > threshold,
-            threshold=threshold,
+            threshold=float(threshold),
             detector=detector,
             scores=scores,
         )

@@ -19,6 +19,7 @@ def personalize(args: argparse.Namespace, state: DeviceState) -> int:
     import torch
 
     from device_client.keyring import DeviceKeyring, PersonalizationSettings
+    from device_client.personal_head import reference_energy
     from device_client.runtime import DeviceRuntime
     from shared.channel_importance import channel_count, check_alpha
     from shared.hypernet import personalised_logits
@@ -57,6 +58,7 @@ def personalize(args: argparse.Namespace, state: DeviceState) -> int:
             model_key=model_key(args, state, path),
             settings=settings,
             window=max(len(z), 2),
+            reference_energy=reference_energy(runtime.bundle),
         )
         started = time.perf_counter()
         if settings.mode == "per_device":
@@ -75,7 +77,11 @@ def personalize(args: argparse.Namespace, state: DeviceState) -> int:
             personalizer.refresh("secdood-device personalize")
             per_request = time.perf_counter() - started
     keyring.save_settings(settings)
-    after = runtime.pipeline.score_features(before.features, args.detector, logits=logits.float())
+    guard = _guard(runtime, z, personalizer.theta) if settings.mode == "per_device" else None
+    threshold = _personal_threshold(runtime, args.detector, personalizer, guard)
+    after = runtime.pipeline.score_features(
+        before.features, args.detector, logits=logits.float(), threshold=threshold
+    )
 
     print(f"window: {len(frames)} clips from {where}")
     upload = keyring.upload_record() or {}
@@ -104,19 +110,53 @@ def personalize(args: argparse.Namespace, state: DeviceState) -> int:
         f"{stats.bytes_down / stats.requests / 1024:.0f} KiB down per request"
         + (f"; first request with the upload {first_s:.2f} s" if uploaded else "")
     )
-    if settings.mode == "per_device":
-        print(_guard_line(runtime, z, personalizer.theta))
+    if guard is not None:
+        print(_guard_line(guard))
+        print(_threshold_line(runtime, args.detector, personalizer, threshold))
         print(f"cached for offline use: `{PROG} run --personalize --source ...` scores with it")
     return 0
 
 
-def _guard_line(runtime, z: np.ndarray, theta: np.ndarray) -> str:
-    """What the device guard of ``run --personalize`` makes of this Θ on this window."""
+def _guard(runtime, z: np.ndarray, theta: np.ndarray):
+    """The device guard of ``run --personalize``, checked on this window and Θ."""
     from device_client.head_guard import CONFIDENCE_SLACK, HeadGuard
 
     fused = runtime.bundle.model.fused_head
     guard = HeadGuard(fused.weight.detach(), fused.bias.detach(), confidence_slack=CONFIDENCE_SLACK)
-    state = guard.refresh(z, theta)
+    guard.refresh(z, theta)
+    return guard
+
+
+def _personal_threshold(runtime, detector: str, personalizer, guard) -> float | None:
+    """The verdict threshold ``run --personalize`` uses for this Θ (None: the model's):
+    the Energy threshold plus Θ's offset, unless the guard would serve the global head."""
+    offset = personalizer.energy_offset
+    trusted = guard is not None and guard.state is not None and guard.state.trusted
+    if detector != "energy" or offset is None or not trusted:
+        return None
+    return runtime.pipeline.threshold("energy") + offset
+
+
+def _threshold_line(runtime, detector: str, personalizer, threshold: float | None) -> str:
+    """The personalised head's verdict threshold, as ``run --personalize`` will use it."""
+    offset = personalizer.energy_offset
+    base = runtime.pipeline.threshold(detector)
+    if threshold is None:
+        why = "no offset" if offset is None else "the guard would serve the global head"
+        why = f"detector {detector}" if detector != "energy" else why
+        return f"threshold: {detector} {base:.4f}, the model's ({why})"
+    return (
+        f"threshold: energy {threshold:.4f} for the personalised head (the model's {base:.4f} "
+        f"{offset:+.4f}: quantile {personalizer.threshold_quantile} of the window's Energy "
+        "under theta vs of clean ID under the global head)"
+    )
+
+
+def _guard_line(guard) -> str:
+    """What the device guard of ``run --personalize`` makes of this Θ on this window."""
+    from device_client.head_guard import CONFIDENCE_SLACK
+
+    state = guard.state
     verdict = "keeps the personalised head" if state.trusted else "would serve the global head"
     return (
         f"guard: {verdict} (mean max-softmax on the window {state.msp_personalised:.3f} "

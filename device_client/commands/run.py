@@ -65,6 +65,7 @@ def run(args: argparse.Namespace, state: DeviceState) -> int:
 
     print(f"{'clip':>5}  {'label':<16} {'ood_score':>10}  {'verdict':<8}head")
     flags: list[bool] = []
+    thresholds: list[float] = []  # per clip: the personalised head's may differ by batch
     seconds = 0.0
     progress = tqdm(
         desc=f"{source.describe()} [{args.adapt}{', int8' if runtime.is_int8 else ''}]",
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace, state: DeviceState) -> int:
                     file=sys.stdout,
                 )
                 flags.append(bool(is_ood))
+                thresholds.append(verdicts.threshold)
             progress.update(len(batch))
             progress.set_postfix(
                 fps=f"{len(flags) * config.n_frames / seconds:.0f}", ood=sum(flags)
@@ -104,7 +106,8 @@ def run(args: argparse.Namespace, state: DeviceState) -> int:
     mean_ms = 1000.0 * seconds / n_clips
     print(
         f"summary: {n_clips} clips, {n_ood} OOD ({100.0 * n_ood / n_clips:.1f} %), "
-        f"detector {args.detector} (threshold {threshold:.4f}), {mean_ms:.1f} ms per clip, "
+        f"detector {args.detector} ({_threshold_note(threshold, thresholds)}), "
+        f"{mean_ms:.1f} ms per clip, "
         f"adapt {args.adapt}{', int8' if runtime.is_int8 else ''}, "
         f"head {head.describe() if head is not None else 'global'}"
         f"{_guard_note(head)}; {source.end_reason}"
@@ -128,8 +131,18 @@ def run(args: argparse.Namespace, state: DeviceState) -> int:
         except ServerUnreachableError:  # the scores stand; the report waits for the next run
             print(f"{PROG}: telemetry not sent: {client.target} unreachable", file=sys.stderr)
     if args.json:
-        print(json.dumps(_run_report(args, flags, truth, head, mean_ms, threshold)))
+        report = _run_report(args, flags, truth, head, mean_ms, threshold)
+        report["last_threshold"] = thresholds[-1]
+        print(json.dumps(report))
     return 0
+
+
+def _threshold_note(threshold: float, used: list[float]) -> str:
+    """The summary line's threshold: the model's, and the last one used when it differs
+    (the personalised head's Energy threshold moves with each Θ)."""
+    if used[-1] == threshold:
+        return f"threshold {threshold:.4f}"
+    return f"threshold {threshold:.4f}, personalised {used[-1]:.4f} at the end"
 
 
 def _guard_note(head) -> str:
@@ -175,6 +188,8 @@ def _run_report(args, flags: list[bool], truth, head, mean_ms: float, threshold:
             "refreshes": p.refreshes,
             "clips_global_head": head.clips_global,
             "guard": head.guard_report(),
+            "energy_offset": p.energy_offset,
+            "threshold_quantile": p.threshold_quantile,
         }
     return report
 
@@ -184,7 +199,7 @@ def _personal_head(args, state: DeviceState, runtime, path: Path):
     guarded by the global head (see :mod:`device_client.head_guard`)."""
     from device_client.head_guard import CONFIDENCE_SLACK, HeadGuard
     from device_client.keyring import DeviceKeyring
-    from device_client.personal_head import PersonalHead
+    from device_client.personal_head import PersonalHead, reference_energy
 
     config = runtime.bundle.config
     fused = runtime.bundle.model.fused_head
@@ -202,9 +217,11 @@ def _personal_head(args, state: DeviceState, runtime, path: Path):
         window=args.window,
         min_window=args.window,
         max_age_s=args.theta_max_age,
+        reference_energy=reference_energy(runtime.bundle),
     )
     guard = HeadGuard(fused.weight.detach(), fused.bias.detach(), confidence_slack=CONFIDENCE_SLACK)
-    return PersonalHead(personalizer, keyring, guard=guard)
+    energy_threshold = runtime.bundle.thresholds.get("energy")
+    return PersonalHead(personalizer, keyring, guard=guard, energy_threshold=energy_threshold)
 
 
 def model_key(args, state: DeviceState, path: Path) -> str:

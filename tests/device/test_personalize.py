@@ -23,6 +23,7 @@ from device_client.channel_selection import select_channels
 from device_client.cli import main
 from device_client.head_guard import CONFIDENCE_SLACK
 from device_client.keyring import DeviceKeyring
+from device_client.personalization import THRESHOLD_QUANTILE
 from device_client.simulated_camera import truth_path
 from device_client.state import DeviceState
 from server.gateway import build_grpc_server
@@ -161,6 +162,19 @@ def test_personalize_then_score_offline_from_the_cache_and_recover(
     shown = re.search(r"([0-9.]+) personalised vs ([0-9.]+) global", out)
     assert shown is not None
     assert [float(x) for x in shown.groups()] == pytest.approx([msp_p, msp_g], abs=2e-3)
+    # Θ carries its Energy-threshold offset: the quantile of the window's Energy under Θ
+    # minus the same quantile of the global head's Energy on the model's clean reference
+    quantiles = [
+        float(np.quantile(energy(x).numpy(), THRESHOLD_QUANTILE))
+        for x in (personal, bundle.reference_logits.double())
+    ]
+    offset = cached.snapshot.energy_offset
+    assert offset == pytest.approx(quantiles[0] - quantiles[1], abs=1e-3)
+    base = bundle.thresholds["energy"]
+    if verdict.startswith("keeps"):
+        assert f"threshold: energy {base + offset:.4f} for the personalised head" in out
+    else:
+        assert f"threshold: energy {base:.4f}, the model's" in out
 
     # Cloud down: a restarted device scores personalised from its cache and says it is stale.
     gateway.stop()
@@ -182,9 +196,16 @@ def test_personalize_then_score_offline_from_the_cache_and_recover(
     ).float()
     scores = energy(logits).numpy()
     assert [float(row[2]) for row in rows] == pytest.approx(scores.tolist(), abs=2e-4)
+    # the personalised scores above mean the guard kept Θ: its verdicts use the model's
+    # Energy threshold plus Θ's offset
+    assert report["guard"]["fallback_clips"] == 0 and report["energy_offset"] == offset
+    threshold = base + offset
+    assert report["last_threshold"] == pytest.approx(threshold, abs=1e-6)
+    assert [row[3] == "OOD" for row in rows] == [bool(x > threshold) for x in scores]
     assert main(["status"]) == 0
     status = capsys.readouterr().out
     assert "theta:        hypernetwork v1" in status and "failed" in status
+    assert f"Energy threshold of the model {offset:+.4f} for this theta" in status
 
     # Cloud back on the same address: the next run refreshes Θ by itself.
     gateway.start()

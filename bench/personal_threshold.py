@@ -1,0 +1,327 @@
+"""Benchmark: choose the personalised head's Energy-threshold rule on validation devices.
+
+    python -m bench.personal_threshold [--quick] [--devices N]
+
+The device flags a clip under its personalised head when the clip's Energy exceeds the
+base model's threshold plus an offset stored with Θ at refresh
+(:func:`device_client.personalization.energy_offset`): the quantile ``q`` of the
+window's Energy under Θ minus the same quantile of an anchor under the global head.
+This script picks ``q`` (and reports the anchor choice) on **validation devices only**:
+
+- devices: :func:`shared.data.device_shifts.evaluation_profiles` of the ``val`` split
+  (pixelate and the held-out geometric family; singles first, then mixtures), severities
+  3-5; never the newcomer benchmark's (corruption, severity) pairs;
+- clips: ID from the ``val`` split (its own actors); near/far OOD generated afresh with
+  data seed 1, so no clip is shared with the seed-0 clips of the newcomer stream;
+- per device, as on the newcomer path: a 64-clip window (30 % OOD) through the device's
+  camera → the real :class:`~device_client.personalization.Personalizer` (plaintext, the
+  registered HyperNetwork through the cloud's own :class:`PersonalizationService`) → Θ,
+  then a separate 120-clip stream (30 % OOD) scored with Θ and the candidate threshold.
+
+Anchors: ``reference`` (the global head's Energy on the model's clean ID reference
+clips: the rule the device uses) and ``window`` (the same window under the global head,
+the first design sketch), plus ``none`` (the model's threshold unchanged).
+Choice: the most validation devices meeting both targets (ID flagged ≤ 20 %, OOD
+flagged ≥ 80 %), ties broken by the larger mean (OOD flagged − ID flagged).
+
+Also reports, for the newcomer's pixelate-4 camera (a validation type H has not seen),
+whether the frozen embeddings carry the information at all: Energy AUROC and ID accuracy
+of the global head, of H's head, and of a head fine-tuned with labels on that camera.
+
+The base model and HyperNetwork are the latest registered in ``$SECDOOD_DATA_DIR``.
+Writes bench/results/personal_threshold.json and its BENCHMARKS.md section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.report import markdown_table, write_json, write_section
+from device_client.gateway_client import PersonalizeReply
+from device_client.personal_head import reference_energy
+from device_client.personalization import Personalizer, energy_offset
+from server.personalization import PersonalizationService, PersonalizeQuery
+from server.registry import open_registry
+from server.registry.bundles import load_registered_bundle
+from server.settings import Settings
+from server.training.device_embeddings import embed_clipset
+from shared.data.clipset import ClipSet
+from shared.data.corruptions import corrupt_clipset
+from shared.data.device_shifts import evaluation_profiles, shift_clipset
+from shared.data.digit_actions import DigitActionsConfig, load_split
+from shared.hypernet import personalised_logits
+from shared.model_names import HYPERNETWORK
+from shared.ood.energy import energy
+from shared.ood.metrics import ood_metrics
+
+QUANTILES = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+ANCHORS = ("reference", "window")
+ALPHA, WINDOW_CLIPS, STREAM_CLIPS, OOD_FRACTION = 0.25, 64, 120, 0.3
+ID_TARGET, OOD_TARGET = 0.20, 0.80
+#: near/far OOD for validation: generated afresh (data seed 1), smaller than the test pools
+VAL_OOD_DATA = DigitActionsConfig(seed=1, ood_per_action=40, far_count=160)
+
+
+class LocalCloud:
+    """The cloud's PersonalizationService in this process, answering plaintext requests."""
+
+    def __init__(self, service: PersonalizationService) -> None:
+        self.service = service
+
+    def personalize(self, alpha, indices, encrypted=None, plain=None) -> PersonalizeReply:
+        answer = self.service.personalize(
+            "validation-device", PersonalizeQuery(alpha, indices, plain=np.asarray(plain))
+        )
+        record, config = answer.hypernet.record, answer.hypernet.config
+        return PersonalizeReply(
+            [], answer.theta_plain.tolist(), record.name, record.version,
+            record.artifact_sha256, config.embed_dim, config.num_classes, 0.0, 0, 0,
+        )  # fmt: skip
+
+
+@dataclass
+class Device:
+    """One validation device: window and stream embeddings with their truth (-1 = OOD)."""
+
+    name: str
+    window: np.ndarray
+    stream: np.ndarray
+    stream_truth: np.ndarray
+
+
+def draw(pools: dict[str, ClipSet], n: int, taken: dict[str, np.ndarray]) -> ClipSet:
+    """``n`` clips, OOD_FRACTION of them OOD (half near, half far), taken from the front
+    of each pool's shuffled order (so a device's window and stream share no clip)."""
+    n_ood = int(round(n * OOD_FRACTION))
+    counts = {"id": n - n_ood, "near": n_ood // 2, "far": n_ood - n_ood // 2}
+    parts = []
+    for name, k in counts.items():
+        parts.append(pools[name].subset(np.sort(taken[name][:k])))
+        taken[name] = taken[name][k:]
+    return ClipSet(
+        np.concatenate([p.frames for p in parts]),
+        np.concatenate([p.flow for p in parts]),
+        np.concatenate([p.labels for p in parts]),
+        sum((list(p.actions) for p in parts), []),
+        "id",  # the labels carry the truth (-1: OOD)
+    )
+
+
+def validation_devices(bundle, count: int, seed: int = 0) -> list[Device]:
+    pools = {
+        "id": load_split("val", DigitActionsConfig()),
+        "near": load_split("near", VAL_OOD_DATA),
+        "far": load_split("far", VAL_OOD_DATA),
+    }
+    devices = []
+    for index, profile in enumerate(evaluation_profiles("val", count, seed, severities=(3, 5))):
+        rng = np.random.default_rng([seed, index])
+        order = {name: rng.permutation(len(pool)) for name, pool in pools.items()}
+        window = draw(pools, WINDOW_CLIPS, order)
+        stream = draw(pools, STREAM_CLIPS, order)
+        devices.append(
+            Device(
+                profile.name,
+                embed_clipset(bundle.model, shift_clipset(window, profile, 7000 + 2 * index))
+                .double()
+                .numpy(),
+                embed_clipset(bundle.model, shift_clipset(stream, profile, 7001 + 2 * index))
+                .double()
+                .numpy(),
+                np.asarray(stream.labels),
+            )
+        )
+        print(f"  embedded validation device {index} ({profile.name})", flush=True)
+    return devices
+
+
+def theta_for(cloud: LocalCloud, bundle, window: np.ndarray) -> np.ndarray:
+    """Θ as the device's Personalizer gets it for this window (plaintext, per device)."""
+    config = bundle.config
+    personalizer = Personalizer(
+        cloud, config.embed_dim, config.num_classes, alpha=ALPHA, window=len(window)
+    )
+    personalizer.observe(window)
+    return personalizer.refresh("validation")
+
+
+def flag_rates(scores: np.ndarray, truth: np.ndarray, threshold: float) -> tuple[float, float]:
+    flags = scores > threshold
+    return float(flags[truth >= 0].mean()), float(flags[truth < 0].mean())
+
+
+def sweep(bundle, cloud: LocalCloud, devices: list[Device]) -> tuple[list[dict], list[dict]]:
+    """Per device and candidate rule: ID / OOD flagged on the stream; then the summary."""
+    base = float(bundle.thresholds["energy"])
+    reference = reference_energy(bundle)
+    head = bundle.model.fused_head
+    weight, bias = head.weight.detach().double(), head.bias.detach().double()
+    classes = bundle.config.num_classes
+    per_device = []
+    for device in devices:
+        theta = torch.from_numpy(theta_for(cloud, bundle, device.window))
+        window = torch.from_numpy(device.window)
+        window_p = energy(personalised_logits(window, theta, classes)).numpy()
+        window_g = energy(window @ weight.T + bias).numpy()
+        stream = energy(personalised_logits(torch.from_numpy(device.stream), theta, classes))
+        stream = stream.numpy()
+        truth = device.stream_truth
+        row = {"device": device.name, "auroc": ood_metrics(stream[truth >= 0], stream[truth < 0])}
+        row["auroc"] = row["auroc"]["auroc"]
+        rules = {"none": 0.0}
+        for q in QUANTILES:
+            rules[f"reference q={q}"] = energy_offset(window_p, reference, q)
+            rules[f"window q={q}"] = energy_offset(window_p, window_g, q)
+        row["rules"] = {}
+        for rule, offset in rules.items():
+            id_rate, ood_rate = flag_rates(stream, truth, base + offset)
+            row["rules"][rule] = {"offset": offset, "id_flagged": id_rate, "ood_flagged": ood_rate}
+        per_device.append(row)
+    summary = []
+    for rule in per_device[0]["rules"]:
+        results = [d["rules"][rule] for d in per_device]
+        met = sum(r["id_flagged"] <= ID_TARGET and r["ood_flagged"] >= OOD_TARGET for r in results)
+        summary.append(
+            {
+                "rule": rule,
+                "devices_meeting_targets": met,
+                "id_flagged": float(np.mean([r["id_flagged"] for r in results])),
+                "ood_flagged": float(np.mean([r["ood_flagged"] for r in results])),
+                "margin": float(np.mean([r["ood_flagged"] - r["id_flagged"] for r in results])),
+            }
+        )
+    return per_device, summary
+
+
+def choose(summary: list[dict]) -> dict:
+    """The rule meeting both targets on the most validation devices (ties: larger margin)."""
+    return max(summary, key=lambda r: (r["devices_meeting_targets"], round(r["margin"], 9)))
+
+
+def finetuned_head(bundle, z: torch.Tensor, y: torch.Tensor, epochs: int = 300):
+    """The global head fine-tuned with backprop on labelled clips of one camera (an upper
+    bound on what a head on these frozen embeddings can do there)."""
+    head = torch.nn.Linear(z.shape[1], bundle.config.num_classes).double()
+    head.load_state_dict({k: v.double() for k, v in bundle.model.fused_head.state_dict().items()})
+    optimiser = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=1e-4)
+    for _ in range(epochs):
+        optimiser.zero_grad()
+        F.cross_entropy(head(z), y).backward()
+        optimiser.step()
+    return head.requires_grad_(False)
+
+
+def camera_information(bundle, cloud: LocalCloud, corruption: str, severity: int) -> dict:
+    """Global head, H's head and a fine-tuned head on one camera (test clips, diagnostic
+    only: nothing is chosen from it). H's window (64 clips, 30 % OOD) is not scored."""
+    rng = np.random.default_rng(11)
+    scored = {"train": 400, "test": 200, "near": 100, "far": 100}
+    window_part = {"train": 0, "test": 45, "near": 10, "far": 9}
+    z, y = {}, {}
+    for name, count in scored.items():
+        clips = load_split(name, DigitActionsConfig())
+        part = clips.subset(rng.choice(len(clips), count + window_part[name], replace=False))
+        shifted = corrupt_clipset(part, corruption, severity, seed=3)
+        z[name] = embed_clipset(bundle.model, shifted).double()
+        y[name] = torch.as_tensor(part.labels)
+    window = torch.cat([z[name][scored[name] :] for name in ("test", "near", "far")]).numpy()
+    theta = torch.from_numpy(theta_for(cloud, bundle, window))
+    tuned = finetuned_head(bundle, z["train"], y["train"])
+    head = bundle.model.fused_head
+    weight, bias = head.weight.detach().double(), head.bias.detach().double()
+    heads = {
+        "global": lambda x: x @ weight.T + bias,
+        "personalised (H)": lambda x: personalised_logits(x, theta, bundle.config.num_classes),
+        "fine-tuned on 400 labelled clips": tuned,
+    }
+    id_z, id_y = z["test"][: scored["test"]], y["test"][: scored["test"]]
+    ood_z = torch.cat([z["near"][: scored["near"]], z["far"][: scored["far"]]])
+    out = {}
+    for name, logits_of in heads.items():
+        id_logits = logits_of(id_z)
+        metrics = ood_metrics(energy(id_logits).numpy(), energy(logits_of(ood_z)).numpy())
+        out[name] = {
+            "id_accuracy": float((id_logits.argmax(1) == id_y).double().mean()),
+            "auroc_energy": metrics["auroc"],
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="4 validation devices")
+    parser.add_argument("--devices", type=int, default=12, help="validation devices")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    started = time.perf_counter()
+    settings = Settings()
+    _, bundle = load_registered_bundle(settings)
+    count = 4 if args.quick else args.devices
+    with open_registry(settings.database_url, settings.data_dir) as registry:
+        cloud = LocalCloud(PersonalizationService(registry))
+        hypernet = registry.get_model(HYPERNETWORK)
+        print(f"{HYPERNETWORK} v{hypernet.version}; embedding {count} validation devices ...")
+        devices = validation_devices(bundle, count)
+        per_device, summary = sweep(bundle, cloud, devices)
+        chosen = choose(summary)
+        print("pixelate 4 (newcomer camera): is the information in the embeddings?", flush=True)
+        pixelate = camera_information(bundle, cloud, "pixelate", 4)
+    rows = [
+        [
+            r["rule"] + (" **(chosen)**" if r is chosen else ""),
+            f"{r['devices_meeting_targets']}/{count}",
+            f"{100 * r['id_flagged']:.1f} %",
+            f"{100 * r['ood_flagged']:.1f} %",
+        ]
+        for r in summary
+    ]
+    table = markdown_table(["rule", "devices meeting targets", "ID flagged", "OOD flagged"], rows)
+    info = markdown_table(
+        ["head on pixelate-4 embeddings", "ID accuracy", "AUROC (Energy, near+far)"],
+        [[k, f"{v['id_accuracy']:.3f}", f"{v['auroc_energy']:.3f}"] for k, v in pixelate.items()],
+    )
+    aurocs = [d["auroc"] for d in per_device]
+    write_json(
+        "personal_threshold",
+        {
+            "quick": args.quick,
+            "hypernetwork_version": hypernet.version,
+            "hypernetwork_sha256": hypernet.artifact_sha256,
+            "devices": per_device,
+            "summary": summary,
+            "chosen": chosen,
+            "pixelate_4": pixelate,
+            "seconds": round(time.perf_counter() - started, 1),
+        },
+    )
+    print(table)
+    print(info)
+    print(f"chosen: {chosen['rule']}")
+    write_section(
+        "personal_threshold",
+        "Personalised Energy threshold: the offset rule chosen on validation devices",
+        f"{count} validation devices ({', '.join(d['device'] for d in per_device)}), "
+        f"HyperNetwork v{hypernet.version}, α = {ALPHA}: a {WINDOW_CLIPS}-clip window "
+        f"(30 % OOD) gives Θ and its threshold offset, a separate {STREAM_CLIPS}-clip stream "
+        f"(30 % OOD) is scored. Personalised Energy AUROC on the streams: mean "
+        f"{np.mean(aurocs):.3f}, min {np.min(aurocs):.3f}. Threshold = the model's Energy "
+        "threshold + (quantile q of the window's Energy under Θ − quantile q of the anchor "
+        "under the global head). **Chosen: "
+        f"{chosen['rule']}** (most devices meeting ID ≤ 20 % and OOD ≥ 80 %, ties: larger "
+        f"mean OOD − ID).\n\n{table}\n\n"
+        "Is the information there for the newcomer's pixelate-4 camera (test clips through "
+        "pixelate 4; a diagnostic, nothing chosen from it)? The fine-tuned head is the "
+        "global head trained further with labels on 400 clips of that camera:\n\n"
+        f"{info}",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
