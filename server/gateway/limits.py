@@ -34,18 +34,17 @@ from typing import Any
 
 import grpc
 
-from server.gateway.auth import (
-    ENROLL_METHOD,
-    GATEWAY_SERVICE,
+from server.gateway.auth import ENROLL_METHOD, current_device_id
+from server.gateway.errors import GatewayError, abort_with
+from server.gateway.interception import (
+    GATEWAY_PREFIX,
     Behavior,
-    current_device_id,
+    GatewayInterceptor,
     wrap_handler,
 )
-from server.gateway.errors import GatewayError, abort_with
 
 log = logging.getLogger(__name__)
 
-GATEWAY_PREFIX = f"/{GATEWAY_SERVICE}/"
 DATA_METHODS = frozenset(
     GATEWAY_PREFIX + name for name in ("UploadContext", "GetModel", "Personalize")
 )
@@ -309,7 +308,7 @@ class StreamWatchdog:
                 cancel_call(watched.context, *verdict)
 
 
-class LimitsInterceptor(grpc.ServerInterceptor):
+class LimitsInterceptor(GatewayInterceptor):
     """Applies :class:`CallLimits` and :class:`StreamWatchdog` to every gateway call.
 
     Installed after :class:`~server.gateway.auth.DeviceAuthInterceptor`, so it
@@ -320,16 +319,8 @@ class LimitsInterceptor(grpc.ServerInterceptor):
         self.limits = limits
         self.watchdog = watchdog
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or not method.startswith(GATEWAY_PREFIX):
-            return handler  # health and reflection: never capped, served by reserved threads
-
+    # Health and reflection are not governed: never capped, served by reserved threads.
+    def intercept_call(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         def wrap(behavior: Behavior) -> Behavior:
             def limited(request: Any, context: grpc.ServicerContext) -> Any:
                 try:

@@ -17,18 +17,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from server.gateway.auth import GATEWAY_SERVICE, DeviceAuthInterceptor
+from server.gateway.auth import DeviceAuthInterceptor
+from server.gateway.interception import GATEWAY_SERVICE
 from server.gateway.limits import CallLimits, LimitsInterceptor, StreamWatchdog, pool_size
 from server.gateway.malformed import MalformedMessageInterceptor
 from server.gateway.servicer import DeviceGatewayServicer
 from server.personalization import PersonalizationService
 from server.registry import Registry
-from server.registry.artifacts import CHUNK_BYTES
 from server.settings import Settings
 from shared.rpc import gateway_pb2, gateway_pb2_grpc
+from shared.wire import MAX_MESSAGE_BYTES
 
-#: one 1 MiB chunk plus room for the protobuf framing and the sha256 on a first chunk
-MAX_MESSAGE_BYTES = CHUNK_BYTES + 64 * 1024
 #: concurrent enrolments (each a short database write) ...
 MAX_ENROLMENTS = 4
 #: ... and enrolments that may wait for one of those slots, each at most this long (s)

@@ -121,16 +121,7 @@ def export_int8(registry: Any, name: str = DIFFUSION_MODEL) -> Any:
     record = registry.latest_model(name, "float")
     model, state = float_denoiser_from_bytes(registry.artifacts.read_bytes(record.artifact_sha256))
     data = int8_denoiser_bytes(model, state["held_out_class"], record.metrics)
-    metrics = {"float_artifact_bytes": record.size_bytes, "int8_artifact_bytes": len(data)}
-    return registry.register_model(
-        name,
-        record.method,
-        {**record.config, "quantization": "int8 per-channel weights (weight-only)"},
-        metrics,
-        data,
-        variant="int8",
-        version=record.version,
-    )
+    return registry.register_int8(record, data, "int8 per-channel weights (weight-only)")
 
 
 def register_token(registry: Any, data: bytes, metrics: dict[str, Any] | None = None) -> Any:
