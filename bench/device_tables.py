@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.report import markdown_table
+
 
 def _passes(value: int | None) -> str:
     return "never" if value is None else str(value)
@@ -13,14 +15,29 @@ def int8_table(q: dict[str, Any]) -> list[str]:
     return [
         f"int8 vs float ({q['engine']} engine, batch 1, {q['test_clips']} clean ID test clips)",
         "",
-        "| model | accuracy | latency ms/clip | artifact bytes |",
-        "|---|---|---|---|",
-        f"| float | {q['accuracy_float']:.4f} | {q['latency_ms_float']:.2f} | "
-        f"{q['artifact_bytes_float']} |",
-        f"| int8 | {q['accuracy_int8']:.4f} | {q['latency_ms_int8']:.2f} | "
-        f"{q['artifact_bytes_int8']} |",
-        f"| int8/float | {-q['accuracy_diff_points']:+.2f} pt | "
-        f"{q['latency_ratio_int8_over_float']:.2f}x | {q['size_ratio_int8_over_float']:.3f}x |",
+        markdown_table(
+            ["model", "accuracy", "latency ms/clip", "artifact bytes"],
+            [
+                [
+                    "float",
+                    f"{q['accuracy_float']:.4f}",
+                    f"{q['latency_ms_float']:.2f}",
+                    q["artifact_bytes_float"],
+                ],
+                [
+                    "int8",
+                    f"{q['accuracy_int8']:.4f}",
+                    f"{q['latency_ms_int8']:.2f}",
+                    q["artifact_bytes_int8"],
+                ],
+                [
+                    "int8/float",
+                    f"{-q['accuracy_diff_points']:+.2f} pt",
+                    f"{q['latency_ratio_int8_over_float']:.2f}x",
+                    f"{q['size_ratio_int8_over_float']:.3f}x",
+                ],
+            ],
+        ),
         "",
     ]
 
@@ -33,18 +50,26 @@ def validation_tables(val: dict[str, Any]) -> list[str]:
         f"{val['clips_per_corruption']} per corruption, corruptions "
         f"{', '.join(val['corruptions'])} (severity 5). Mean error per setting:",
         "",
-        "| LeanTTA: first k per stream, tau, lambda | mean validation error |",
-        "|---|---|",
     ]
+    leantta_rows = []
     for name, value in val["leantta_mean_error"].items():
         k, tau, lam = name.split("_")
-        lines.append(f"| {k[1:]}, {tau[3:]}, {lam[3:]} | {value:.4f} |")
-    lines += ["", "| online ZO entropy: lr | mean validation error |", "|---|---|"]
-    lines += [f"| {lr} | {v:.4f} |" for lr, v in val["zo_lr_mean_error"].items()]
-    lines += ["", "| TENT: batch, lr | mean validation error |", "|---|---|"]
+        leantta_rows.append([f"{k[1:]}, {tau[3:]}, {lam[3:]}", value])
+    tent_rows = []
     for name, value in val["tent_mean_error"].items():
         bs, lr = name.split("_lr")
-        lines.append(f"| {bs[2:]}, {lr} | {value:.4f} |")
+        tent_rows.append([f"{bs[2:]}, {lr}", value])
+    error = "mean validation error"
+    lines += [
+        markdown_table(["LeanTTA: first k per stream, tau, lambda", error], leantta_rows),
+        "",
+        markdown_table(
+            ["online ZO entropy: lr", error],
+            [[lr, v] for lr, v in val["zo_lr_mean_error"].items()],
+        ),
+        "",
+        markdown_table(["TENT: batch, lr", error], tent_rows),
+    ]
     tent = ", ".join(f"{k}: {v}" for k, v in chosen["tent_lr"].items())
     lines += [
         "",
@@ -64,15 +89,19 @@ def test_tables(lt: dict[str, Any], bl: dict[str, Any]) -> list[str]:
         f"says otherwise; LeanTTA k = {s['adapt_layers']}, tau = {s['tau']}, "
         f"lambda = {s['lam']})",
         "",
-        "| method | mean test error |",
-        "|---|---|",
+        markdown_table(
+            ["method", "mean test error"],
+            [[k, v] for k, v in {**lt["mean_error"], **bl["mean_error"]}.items()],
+        ),
     ]
-    lines += [f"| {k} | {v:.4f} |" for k, v in {**lt["mean_error"], **bl["mean_error"]}.items()]
     methods = list(lt["mean_error"])
     lines += ["", "Per test corruption (batch 1)", ""]
-    lines += ["| corruption | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
-    for corruption, row in lt["per_corruption"].items():
-        lines.append(f"| {corruption} | " + " | ".join(f"{row[m]:.4f}" for m in methods) + " |")
+    lines += [
+        markdown_table(
+            ["corruption", *methods],
+            [[c, *(row[m] for m in methods)] for c, row in lt["per_corruption"].items()],
+        )
+    ]
     for kind, pair in lt["paired_vs_none"].items():
         lines.append(
             f"\n{kind}: LeanTTA fixed {pair['fixed']} clips and broke {pair['broken']} "
@@ -97,13 +126,12 @@ def memory_table(mem: dict[str, Any]) -> list[str]:
         f"{mem.get('repeats', 1)}; zo = default window {default.get('window')}, "
         f"eval_batch {default.get('eval_batch')}; zo_wW_bB = window W, eval_batch B)",
         "",
-        "| job | max RSS MiB | ratio to inference |",
-        "|---|---|---|",
     ]
+    rows = []
     for job, mib in mem["max_rss_mib"].items():
         ratio = mem["ratio_to_inference"].get(job)
-        lines.append(f"| {job} | {mib:.1f} | {'' if ratio is None else f'{ratio:.3f}'} |")
-    return lines
+        rows.append([job, f"{mib:.1f}", "" if ratio is None else f"{ratio:.3f}"])
+    return [*lines, markdown_table(["job", "max RSS MiB", "ratio to inference"], rows)]
 
 
 def zo_tables(zo: dict[str, Any]) -> list[str]:
@@ -114,19 +142,19 @@ def zo_tables(zo: dict[str, Any]) -> list[str]:
         f"{zo['seeds']} seeds). **Validation** tasks "
         f"({', '.join(val['tasks'])}; `val` clips):",
         "",
-        "| ZO-Adam lr | plain ZO mean final loss |",
-        "|---|---|",
-    ]
-    lines += [f"| {lr} | {v:.4f} |" for lr, v in val["lr_mean_final_loss"].items()]
-    lines += [
+        markdown_table(
+            ["ZO-Adam lr", "plain ZO mean final loss"],
+            [[lr, v] for lr, v in val["lr_mean_final_loss"].items()],
+        ),
         "",
-        "| subspace tau | runs reaching plain's final loss in fewer passes | mean final loss |",
-        "|---|---|---|",
+        markdown_table(
+            ["subspace tau", "runs reaching plain's final loss in fewer passes", "mean final loss"],
+            [
+                [tau, val["tau_wins"][str(tau)], val["tau_mean_final_loss"][str(tau)]]
+                for tau in val["taus"]
+            ],
+        ),
     ]
-    for tau in val["taus"]:
-        lines.append(
-            f"| {tau} | {val['tau_wins'][str(tau)]} | {val['tau_mean_final_loss'][str(tau)]:.4f} |"
-        )
     lines += [
         "",
         f"Chosen: lr = {chosen['lr']}, tau = {chosen['tau']}. **Test** tasks (once): passes to "

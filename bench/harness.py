@@ -409,33 +409,13 @@ def untrained_base_bundle(seed: int = 0) -> Any:
     use this when no trained model is registered, instead of training one first.
     """
     from shared.data.actions import ID_ACTIONS
-    from shared.models.checkpoint import ModelBundle
-    from shared.models.two_stream import TwoStreamConfig, TwoStreamNet
-    from shared.ood.base import Evidence, LinearHead
-    from shared.ood.metrics import calibrate_threshold
-    from shared.ood.registry import DETECTORS, make_detector
+    from shared.models.stand_in import untrained_bundle
+    from shared.models.two_stream import TwoStreamConfig
 
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    config = TwoStreamConfig(num_classes=len(ID_ACTIONS))
-    model = TwoStreamNet(config).eval()
-    head = LinearHead(model.fused_head.weight.detach(), model.fused_head.bias.detach())
-    reference = torch.rand(600, config.embed_dim, generator=generator)
-    logits = reference @ head.weight.T + head.bias
-    labels = torch.arange(600) % config.num_classes
-    validation = torch.rand(300, config.embed_dim, generator=generator)
-    evidence = Evidence(validation, validation @ head.weight.T + head.bias)
-    thresholds = {}
-    for name in DETECTORS:
-        detector = make_detector(name).fit(Evidence(reference, logits), labels, head)
-        thresholds[name] = calibrate_threshold(detector.score(evidence).numpy(), 0.95)
-    return ModelBundle(
-        model=model,
-        classes=list(ID_ACTIONS),
-        reference_features=reference,
-        reference_logits=logits,
-        reference_labels=labels,
-        thresholds=thresholds,
-        metrics={"val_accuracy": 0.0},
+    return untrained_bundle(
+        TwoStreamConfig(num_classes=len(ID_ACTIONS)),
+        ID_ACTIONS,
+        seed,
+        generator=torch.Generator().manual_seed(seed),
         train_config={"untrained_stand_in": True},
     )

@@ -21,6 +21,11 @@ Without ``--base-model`` the latest registered base model of ``$SECDOOD_DATA_DIR
    severities 3–5 — evaluated once: global head, SecDOOD α = 0.25, the same behind the
    device guard (:mod:`device_client.head_guard`), the paper's per-sample H trained as
    before on the 8 classic devices, and per-device fine-tuning with backprop.
+5. **Harder unseen devices** (the ``unseen_hard`` block): a second test-split population,
+   fixed before any result on it was seen — only compositions of 2–3 test-split types at
+   severities 4–5 (:func:`shared.data.device_shifts.hard_evaluation_profiles`), because
+   most devices of the first population are single shifts the base model shrugs off.
+   Both blocks report the gap to fine-tuning and the worst device against the global head.
 
 The ``device`` H gives one Θ per device from the window mean (per-device mode); the
 paper's H one Θ per clip. Energy and MSP score the logits. Accuracy/AUROC numbers use
@@ -68,7 +73,13 @@ from server.training.hypernetwork import (
 )
 from shared.channel_importance import channel_importance, random_channels, top_alpha_channels
 from shared.data.corruptions import corrupt_clipset, device_shift
-from shared.data.device_shifts import SHIFT_SPLIT, DeviceProfile, evaluation_profiles, shift_clipset
+from shared.data.device_shifts import (
+    SHIFT_SPLIT,
+    DeviceProfile,
+    evaluation_profiles,
+    hard_evaluation_profiles,
+    shift_clipset,
+)
 from shared.data.digit_actions import SPLITS as DATA_SPLITS
 from shared.data.digit_actions import DigitActionsConfig, load_split
 from shared.he import CKKSParams
@@ -108,6 +119,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--plot", type=Path, default=ROOT / "docs/img/personalization.png")
     parser.add_argument(
         "--unseen-plot", type=Path, default=ROOT / "docs/img/personalization_unseen.png"
+    )
+    parser.add_argument(
+        "--unseen-hard-plot",
+        type=Path,
+        default=ROOT / "docs/img/personalization_unseen_hard.png",
     )
     parser.add_argument(
         "--render", action="store_true", help="only rewrite the BENCHMARKS.md section from --out"
@@ -401,6 +417,57 @@ def evaluate_devices(pipeline, bundle, devices, hypernet: FoldedH, paper: Folded
     return rows, guard_log
 
 
+HEADS = ("global", "personalised", "guarded", "paper", "finetuned")
+METRICS = ("id_acc", "near_auroc", "near_hard_auroc", "far_auroc")
+
+
+def unseen_block(devices: list[dict], rows: dict[str, list[dict]], guard_log: list) -> dict:
+    """Means, per-device rows, gap to fine-tuning and worst device vs global of one population."""
+    per_device = [
+        {
+            "shift": d["shift"],
+            "families": list(d["families"]),
+            **{k: summary(rows[k][i]) for k in HEADS},
+        }
+        for i, d in enumerate(devices)
+    ]
+    block: dict[str, Any] = {
+        "global": summary(average(rows["global"])),
+        "personalised": summary(average(rows["personalised"])),
+        "guarded": summary(average(rows["guarded"])),
+        "paper_per_sample": summary(average(rows["paper"])),
+        "finetuned": summary(average(rows["finetuned"])),
+        "near_hard_available": "near_hard" in OOD_SPLITS,
+        "devices": per_device,
+        "held_out_family_devices": sum("visibility" in d["families"] for d in devices),
+        "guard": guard_log,
+        "full": {k: average(v) for k, v in rows.items()},
+    }
+    for head in ("personalised", "guarded"):
+        block[f"{head}_gap_to_finetuned"] = {
+            m: _diff(block["finetuned"][m], block[head][m]) for m in METRICS
+        }
+        block[f"{head}_worst_vs_global"] = {m: _worst(per_device, head, m) for m in METRICS}
+    return block
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _worst(per_device: list[dict], head: str, metric: str) -> dict[str, Any] | None:
+    """The device where ``head`` loses most against the global head on ``metric``."""
+    deltas = [
+        (d[head][metric] - d["global"][metric], d["shift"])
+        for d in per_device
+        if d[head][metric] is not None and d["global"][metric] is not None
+    ]
+    if not deltas:
+        return None
+    delta, shift = min(deltas)
+    return {"delta": delta, "device": shift}
+
+
 def summary(row: dict[str, float]) -> dict[str, float | None]:
     """The four headline numbers of the ``unseen`` block (None where a split is missing)."""
     return {
@@ -480,6 +547,14 @@ def main() -> None:
             bundle, unseen_profiles, unseen_split, finetune_clips, False
         ),
     )
+    hard_profiles = hard_evaluation_profiles("test", 4 if quick else 8, seed=0)
+    unseen_hard = cached(
+        cache,
+        {**key, "what": "unseen_hard", "n": unseen_split, "ft": finetune_clips, "ood": OOD_SPLITS},
+        lambda: eval_device_embeddings(
+            bundle, hard_profiles, unseen_split, finetune_clips, False, seed=1
+        ),
+    )
     guard_slack, guard_sweep = choose_guard_slack(hypernet, bundle, val)
     guard_args = {
         "mode": "fallback",
@@ -488,6 +563,9 @@ def main() -> None:
     }
     seen_rows, _ = evaluate_devices(pipeline, bundle, seen, hypernet, paper, guard_args)
     unseen_rows, guard_log = evaluate_devices(pipeline, bundle, unseen, hypernet, paper, guard_args)
+    hard_rows, hard_guard_log = evaluate_devices(
+        pipeline, bundle, unseen_hard, hypernet, paper, guard_args
+    )
 
     requests = args.he_requests or (3 if quick else 5)
     print(f"encrypted requests ({requests} per entry) ...", flush=True)
@@ -514,28 +592,8 @@ def main() -> None:
         "alpha_0.25": [r["id_accuracy"] for r in seen_rows["alpha_0.25"]],
         "finetuned": [r["id_accuracy"] for r in seen_rows["finetuned"]],
     }
-    results["unseen"] = {
-        "global": summary(average(unseen_rows["global"])),
-        "personalised": summary(average(unseen_rows["personalised"])),
-        "guarded": summary(average(unseen_rows["guarded"])),
-        "paper_per_sample": summary(average(unseen_rows["paper"])),
-        "finetuned": summary(average(unseen_rows["finetuned"])),
-        "near_hard_available": "near_hard" in OOD_SPLITS,
-        "devices": [
-            {
-                "shift": d["shift"],
-                "families": list(d["families"]),
-                **{
-                    k: summary(unseen_rows[k][i])
-                    for k in ("global", "personalised", "guarded", "paper", "finetuned")
-                },
-            }
-            for i, d in enumerate(unseen)
-        ],
-        "held_out_family_devices": sum("visibility" in d["families"] for d in unseen),
-        "guard": guard_log,
-        "full": {k: average(v) for k, v in unseen_rows.items()},
-    }
+    results["unseen"] = unseen_block(unseen, unseen_rows, guard_log)
+    results["unseen_hard"] = unseen_block(unseen_hard, hard_rows, hard_guard_log)
     results["validation_sweep"] = sweep
     results["guard_validation_sweep"] = guard_sweep
     results["guard_confidence_slack"] = guard_slack
@@ -553,6 +611,7 @@ def main() -> None:
         "validation_devices": len(val.profiles),
         "eval_clips_per_split": len(seen[0]["test"]),
         "unseen_clips_per_split": len(unseen[0]["test"]),
+        "unseen_hard_devices": len(unseen_hard),
         "finetune_clips": finetune_clips,
         "ood_splits": list(OOD_SPLITS),
         "shift_split": SHIFT_SPLIT,
@@ -565,12 +624,19 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(table_markdown(results))
-    print(unseen_markdown(results))
+    print(unseen_markdown(results["unseen"]))
+    print(unseen_markdown(results["unseen_hard"]))
     plot(results, args.plot)
-    plot_unseen(results, args.unseen_plot)
+    plot_unseen(results["unseen"], args.unseen_plot, "test split: held-out families and types")
+    plot_unseen(
+        results["unseen_hard"],
+        args.unseen_hard_plot,
+        "harder test-split population: 2–3 held-out types at severities 4–5",
+    )
     write_section("personalization", SECTION_TITLE, section_markdown(results))
     print(
-        f"wrote {args.out}, {args.plot} and {args.unseen_plot} in {results['setup']['seconds']} s"
+        f"wrote {args.out}, {args.plot}, {args.unseen_plot} and {args.unseen_hard_plot} "
+        f"in {results['setup']['seconds']} s"
     )
 
 
@@ -603,6 +669,10 @@ def _fmt(value: float | None) -> str:
     return "missing" if value is None else f"{value:.3f}"
 
 
+def _signed(value: float | None) -> str:
+    return "missing" if value is None else f"{value:+.3f}"
+
+
 UNSEEN_ROWS = (
     ("global", "global head"),
     ("personalised", "SecDOOD α = 0.25 (encrypted)"),
@@ -612,8 +682,7 @@ UNSEEN_ROWS = (
 )
 
 
-def unseen_markdown(results: dict) -> str:
-    unseen = results["unseen"]
+def unseen_markdown(unseen: dict) -> str:
     lines = [
         "| mean over unseen devices | ID acc | near AUROC | near-hard AUROC | far AUROC |",
         "|---|---|---|---|---|",
@@ -623,6 +692,22 @@ def unseen_markdown(results: dict) -> str:
         lines.append(
             f"| {name} | {_fmt(r['id_acc'])} | {_fmt(r['near_auroc'])} "
             f"| {_fmt(r['near_hard_auroc'])} | {_fmt(r['far_auroc'])} |"
+        )
+    if "personalised_gap_to_finetuned" in unseen:
+        gap = unseen["personalised_gap_to_finetuned"]
+        worst = unseen["personalised_worst_vs_global"]
+        lines.append(
+            "| gap: fine-tuned − SecDOOD | " + " | ".join(_signed(gap[m]) for m in METRICS) + " |"
+        )
+        lines.append(
+            "| worst device: SecDOOD − global | "
+            + " | ".join(
+                "missing"
+                if worst[m] is None
+                else f"{worst[m]['delta']:+.3f} ({worst[m]['device']})"
+                for m in METRICS
+            )
+            + " |"
         )
     lines += [
         "",
@@ -679,10 +764,30 @@ def section_markdown(results: dict) -> str:
         f"for choosing settings). Device guard (refresh-time confidence slack "
         f"{results.get('guard_confidence_slack', 0.0)} chosen on validation; None = no check): "
         f"personalised head kept on {trusted} of {len(unseen['guard'])} devices.\n\n"
-        f"{unseen_markdown(results)}\n\n"
+        f"{unseen_markdown(unseen)}\n\n"
+        f"{hard_section(results)}"
         f"Validation sweep (validation devices only):\n\n{sweep_markdown(results)}\n\n"
         "![personalisation](docs/img/personalization.png)\n"
         "![unseen devices](docs/img/personalization_unseen.png)"
+        + (
+            "\n![harder unseen devices](docs/img/personalization_unseen_hard.png)"
+            if "unseen_hard" in results
+            else ""
+        )
+    )
+
+
+def hard_section(results: dict) -> str:
+    """The harder unseen population (absent from results written before it existed)."""
+    hard = results.get("unseen_hard")
+    if hard is None:
+        return ""
+    trusted = sum(g["trusted"] for g in hard["guard"])
+    return (
+        f"**Harder unseen devices** ({len(hard['devices'])} compositions of 2–3 test-split "
+        "types at severities 4–5, fixed before any result on them was seen: "
+        "`hard_evaluation_profiles`; same H, same guard: personalised head kept on "
+        f"{trusted} of {len(hard['guard'])}).\n\n{unseen_markdown(hard)}\n\n"
     )
 
 
@@ -712,14 +817,14 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_unseen(results: dict, path: Path) -> None:
+def plot_unseen(block: dict, path: Path, title: str) -> None:
     """Per unseen device: ID accuracy and near/far AUROC of global, SecDOOD, fine-tuned."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    devices = results["unseen"]["devices"]
+    devices = block["devices"]
     names = [d["shift"] for d in devices]
     x = np.arange(len(devices))
     fig, axes = plt.subplots(3, 1, figsize=(13, 9), sharex=True)
@@ -734,7 +839,7 @@ def plot_unseen(results: dict, path: Path) -> None:
         axis.set_ylabel(metric)
         axis.set_ylim(0, 1.02)
     axes[0].legend(fontsize=8, ncol=3, loc="lower left")
-    axes[0].set_title("unseen devices (test split: held-out families and types)")
+    axes[0].set_title(f"unseen devices ({title})")
     axes[-1].set_xticks(x, names, rotation=35, ha="right", fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

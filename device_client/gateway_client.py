@@ -30,12 +30,10 @@ import grpc
 from device_client.retry import DEFAULT_RETRY, RetryPolicy, retry_hint_s
 from shared.model_names import BASE_MODEL
 from shared.rpc import gateway_pb2, gateway_pb2_grpc
+from shared.wire import CHUNK_BYTES, MAX_MESSAGE_BYTES
 
 _Result = TypeVar("_Result")
 
-CHUNK_BYTES = 1 << 20
-#: one chunk plus protobuf framing; matches the server's limit
-MAX_MESSAGE_BYTES = CHUNK_BYTES + 64 * 1024
 DEFAULT_TIMEOUT_S = 60.0
 
 

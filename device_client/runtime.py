@@ -173,7 +173,7 @@ class OnlineZOAdapter:
         self.forward_passes = 0
 
     @torch.inference_mode()
-    def _entropy(self, theta: Tensor) -> float:
+    def window_entropy(self, theta: Tensor) -> float:
         """Mean prediction entropy of the window at ``theta``, ``eval_batch`` clips at a time.
 
         Chunking gives the same loss as one batch (the model is per-clip in eval mode) while the
@@ -197,7 +197,7 @@ class OnlineZOAdapter:
         if self.since_update >= self.config.every:
             self.since_update = 0
             self.theta, _ = zo_minimise(
-                self._entropy,
+                self.window_entropy,
                 self.theta,
                 self.config.steps,
                 self.estimator,

@@ -1,7 +1,9 @@
 #!/bin/sh
-# A simulated device: enrol (once), download the model, film its own shifted
-# camera stream and score it locally, reporting telemetry. Settings come from
-# the environment (see docker-compose.yml; SECDOOD_ROOT_CERT turns on TLS).
+# A simulated device: enrol (once), download the model, personalise its head with the
+# cloud's HyperNetwork (CKKS-encrypted channels; the secret key stays in the volume),
+# film its own shifted camera stream and score it locally with the personalised head,
+# reporting telemetry and ending with one JSON line. Settings come from the environment
+# (see docker-compose.yml; SECDOOD_ROOT_CERT turns on TLS).
 set -eu
 
 : "${SECDOOD_SERVER:?set SECDOOD_SERVER=host:port of the gRPC gateway}"
@@ -10,6 +12,7 @@ set -eu
 : "${DEVICE_CORRUPTION:=fog}"
 : "${DEVICE_SEVERITY:=3}"
 : "${DEVICE_CLIPS:=24}"
+: "${DEVICE_PERSONALIZE_CLIPS:=32}"
 
 if [ ! -f "${SECDOOD_DEVICE_DIR}/device.json" ]; then
     if [ -n "${SECDOOD_ROOT_CERT:-}" ]; then
@@ -19,5 +22,7 @@ if [ ! -f "${SECDOOD_DEVICE_DIR}/device.json" ]; then
         --name "$DEVICE_NAME" --corruption "$DEVICE_CORRUPTION" --severity "$DEVICE_SEVERITY" "$@"
 fi
 secdood-device download
+secdood-device personalize --clips "$DEVICE_PERSONALIZE_CLIPS"
 secdood-device simulate-camera --out "${SECDOOD_DEVICE_DIR}/camera.mp4" --clips "$DEVICE_CLIPS"
-exec secdood-device run --source "${SECDOOD_DEVICE_DIR}/camera.mp4" --report
+exec secdood-device run --source "${SECDOOD_DEVICE_DIR}/camera.mp4" --personalize --report \
+    --json --quiet

@@ -55,9 +55,10 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
             from server.training.catalog import get_trainer
 
             trainer = get_trainer(args.method)
-            if getattr(trainer, "needs_registry", False):
-                trainer.registry = registry  # type: ignore[attr-defined]
-            trainer.train(parsed)
+            if getattr(trainer, "needs_registry", False):  # explicit, as in the job runner
+                trainer.train(parsed, registry=registry)
+            else:
+                trainer.train(parsed)
             return 0
         runner = JobRunner(registry)
         job, model = runner.run(args.method, config, progress=console_progress(args.method))

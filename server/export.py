@@ -187,13 +187,4 @@ def export_latest_int8(
         calibration = calibration_tensors(n_clips, bundle=bundle)
     rgb, flow = calibration
     data = int8_payload_to_bytes(int8_payload(bundle, rgb, flow))
-    metrics = {"float_artifact_bytes": record.size_bytes, "int8_artifact_bytes": len(data)}
-    return registry.register_model(
-        name,
-        record.method,
-        {**record.config, "quantization": "int8 per-channel weights, uint8 activations"},
-        metrics,
-        data,
-        variant="int8",
-        version=record.version,
-    )
+    return registry.register_int8(record, data, "int8 per-channel weights, uint8 activations")

@@ -14,7 +14,6 @@ and the registration share one lock with shutdown.
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 import time
@@ -23,7 +22,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from server.registry.errors import JobStateError, NotFoundError
@@ -31,6 +29,7 @@ from server.registry.records import FINAL_JOB_STATES, JobRecord, ModelRecord
 from server.registry.tables import JobState
 from server.training.base import ProgressFn, TrainResult
 from server.training.catalog import get_trainer, validate_config
+from shared.saved_files import METHOD_FORMAT, METHOD_FORMAT_VERSION, save_payload
 
 log = logging.getLogger(__name__)
 
@@ -72,19 +71,16 @@ def method_artifact(method: str, result: TrainResult) -> bytes:
     """The bytes to store for a finished run (the method's own format if it has one)."""
     if result.artifact is not None:
         return result.artifact
-    buffer = io.BytesIO()
-    torch.save(
+    return save_payload(
         {
-            "format": "secdood-method",
-            "format_version": 1,
+            "format": METHOD_FORMAT,
+            "format_version": METHOD_FORMAT_VERSION,
             "method": method,
             "state": result.state,
             "config": result.config,
             "metrics": result.metrics,
-        },
-        buffer,
+        }
     )
-    return buffer.getvalue()
 
 
 def console_progress(description: str) -> ProgressFn:

@@ -22,7 +22,6 @@ unchanged.
 from __future__ import annotations
 
 import hashlib
-import io
 import threading
 import time
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from server.registry.records import ModelRecord
 from shared.channel_importance import channel_count, check_alpha, check_indices
 from shared.hypernet import HyperNetworkConfig, hypernet_from_state, restricted_map
 from shared.model_names import HYPERNETWORK
+from shared.saved_files import METHOD_FORMAT, read_payload
 
 DEFAULT_HYPERNET = HYPERNETWORK
 #: memory for parsed public contexts (``SECDOOD_CONTEXT_CACHE_BYTES``; ≈ 19 MB each at
@@ -90,11 +90,8 @@ class PersonalizeAnswer:
 
 def hypernet_from_artifact(data: bytes) -> torch.nn.Module:
     """Load H from a registry artifact: the job runner's method format or a bare H state."""
-    try:
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"not a readable hypernetwork artifact: {error}") from None
-    if isinstance(payload, dict) and payload.get("format") == "secdood-method":
+    payload = read_payload(data, "hypernetwork artifact")
+    if isinstance(payload, dict) and payload.get("format") == METHOD_FORMAT:
         payload = payload.get("state")
     return hypernet_from_state(payload)
 

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from shared.saved_files import check_format
+
 HYPERNET_FORMAT = "secdood-hypernetwork"
 HYPERNET_FORMAT_VERSION = 2
 #: versions this build reads (version 1 had no ``reference``: zero, the paper's masking)
@@ -269,13 +271,7 @@ def hypernet_state(model: HyperNetwork, base_model_sha256: str = "") -> dict[str
 
 def hypernet_from_state(state: dict[str, Any]) -> HyperNetwork:
     """Rebuild an eval-mode H from :func:`hypernet_state`; ValueError if it is not one."""
-    if not isinstance(state, dict) or state.get("format") != HYPERNET_FORMAT:
-        raise ValueError(f"not a SecDOOD hypernetwork state (expected format {HYPERNET_FORMAT!r})")
-    if state.get("format_version") not in READABLE_FORMAT_VERSIONS:
-        raise ValueError(
-            f"hypernetwork format version {state.get('format_version')} is not supported "
-            f"(this build reads {READABLE_FORMAT_VERSIONS})"
-        )
+    check_format(state, HYPERNET_FORMAT, READABLE_FORMAT_VERSIONS, "SecDOOD hypernetwork state")
     model = HyperNetwork(HyperNetworkConfig.from_dict(state["config"]))
     weights = dict(state["state_dict"])
     weights.setdefault("reference", torch.zeros(model.config.embed_dim))  # version 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from support import make_tiny_bundle
 
+from shared.model_names import BASE_MODEL
 from shared.models.checkpoint import ModelBundle
 
 
@@ -20,9 +21,7 @@ def registry(tmp_path, tiny_bundle):
     from shared.models.checkpoint import bundle_to_bytes
 
     reg = open_registry(f"sqlite:///{tmp_path / 'registry.sqlite3'}", tmp_path)
-    reg.register_model(
-        "secdood_base", "secdood_base", {"tiny": True}, {}, bundle_to_bytes(tiny_bundle)
-    )
+    reg.register_model(BASE_MODEL, BASE_MODEL, {"tiny": True}, {}, bundle_to_bytes(tiny_bundle))
     yield reg
     close = getattr(reg, "close", None)
     if close is not None:

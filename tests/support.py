@@ -19,39 +19,16 @@ import torch
 from shared.he import CKKSParams
 from shared.hypernet import HyperNetwork, HyperNetworkConfig
 from shared.models.checkpoint import ModelBundle
-from shared.models.two_stream import TwoStreamConfig, TwoStreamNet
-from shared.ood.base import Evidence, LinearHead
-from shared.ood.metrics import calibrate_threshold
-from shared.ood.registry import DETECTORS, make_detector
+from shared.models.stand_in import untrained_bundle
+from shared.models.two_stream import TwoStreamConfig
 
 TINY_CLASSES = ["a", "b", "c"]
 T = TypeVar("T")
 
 
 def make_tiny_bundle(seed: int = 0) -> ModelBundle:
-    torch.manual_seed(seed)
     config = TwoStreamConfig(num_classes=len(TINY_CLASSES), embed_dim=8, widths=(4, 4, 4))
-    model = TwoStreamNet(config).eval()
-    head = LinearHead(model.fused_head.weight.detach(), model.fused_head.bias.detach())
-    ref_z = torch.rand(60, config.embed_dim)
-    ref_logits = ref_z @ head.weight.T + head.bias
-    ref_y = torch.arange(60) % len(TINY_CLASSES)
-    val_z = torch.rand(30, config.embed_dim)
-    val = Evidence(val_z, val_z @ head.weight.T + head.bias)
-    thresholds = {}
-    for name in DETECTORS:
-        detector = make_detector(name).fit(Evidence(ref_z, ref_logits), ref_y, head)
-        thresholds[name] = calibrate_threshold(detector.score(val).numpy(), 0.95)
-    return ModelBundle(
-        model=model,
-        classes=list(TINY_CLASSES),
-        reference_features=ref_z,
-        reference_logits=ref_logits,
-        reference_labels=ref_y,
-        thresholds=thresholds,
-        metrics={"val_accuracy": 0.0},
-        train_config={"tiny": True},
-    )
+    return untrained_bundle(config, TINY_CLASSES, seed, 60, 30, train_config={"tiny": True})
 
 
 def free_loopback_port() -> int:

@@ -166,6 +166,8 @@ def truth_of(source) -> list[int] | None:
 
 def _run_report(args, flags: list[bool], truth, head, mean_ms: float, threshold: float) -> dict:
     """The one JSON object ``run --json`` prints last (scripts check a device with it)."""
+    import torch
+
     from device_client.personal_head import flag_rates
 
     report = {
@@ -178,6 +180,8 @@ def _run_report(args, flags: list[bool], truth, head, mean_ms: float, threshold:
         "mean_ms_per_clip": mean_ms,
         "adapt": args.adapt,
         "int8": bool(args.int8),
+        # the quantised engine that ran the int8 kernels (qnnpack on ARM, x86/fbgemm here)
+        "engine": torch.backends.quantized.engine if args.int8 else None,
     }
     if head is not None:
         p = head.personalizer

@@ -30,11 +30,16 @@ from typing import Any
 import grpc
 
 from server.gateway.errors import abort_with
+from server.gateway.interception import (
+    GATEWAY_SERVICE,
+    Behavior,
+    GatewayInterceptor,
+    wrap_handler,
+)
 from server.registry import DeviceRecord, Registry
 
 log = logging.getLogger("secdood.gateway")
 
-GATEWAY_SERVICE = "secdood.v1.DeviceGateway"
 ENROLL_METHOD = f"/{GATEWAY_SERVICE}/Enroll"
 #: services anyone may call: health checks and reflection carry no device data
 OPEN_SERVICES = (
@@ -53,8 +58,6 @@ INVALID_ENROLLMENT_KEY = "invalid enrollment key"
 _current_device: contextvars.ContextVar[DeviceRecord | None] = contextvars.ContextVar(
     "secdood_current_device", default=None
 )
-
-Behavior = Callable[[Any, grpc.ServicerContext], Any]
 
 
 def _digest(key: str) -> bytes:
@@ -92,7 +95,7 @@ def _iterate_in(context: contextvars.Context, iterator: Iterator[Any]) -> Iterat
         yield item
 
 
-class DeviceAuthInterceptor(grpc.ServerInterceptor):
+class DeviceAuthInterceptor(GatewayInterceptor):
     """Admits ``Enroll`` by the fleet enrolment key and everything else by device token."""
 
     def __init__(
@@ -118,15 +121,11 @@ class DeviceAuthInterceptor(grpc.ServerInterceptor):
         """Unix seconds after which the device's token is refused (TTL counts from enrolment)."""
         return int(device.created_at.timestamp()) + self._token_ttl_seconds
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.lstrip("/").startswith(OPEN_SERVICES):
-            return handler
+    def governs(self, method: str) -> bool:
+        """Every call but the open services (health, reflection) needs a key or a token."""
+        return not method.lstrip("/").startswith(OPEN_SERVICES)
+
+    def intercept_call(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         admit = self._check_enrollment_key if method == ENROLL_METHOD else self._check_token
         return _guarded(handler, admit, method)
 
@@ -181,27 +180,3 @@ def _guarded(
         return guarded
 
     return wrap_handler(handler, wrap)
-
-
-def wrap_handler(
-    handler: grpc.RpcMethodHandler,
-    wrap: Callable[[Behavior], Behavior],
-    request_deserializer: Callable[[bytes], Any] | None = None,
-) -> grpc.RpcMethodHandler:
-    """A handler of the same kind whose behaviour is ``wrap(original behaviour)``.
-
-    ``request_deserializer`` replaces the handler's own when given.
-    """
-    if handler.request_streaming and handler.response_streaming:
-        make, behavior = grpc.stream_stream_rpc_method_handler, handler.stream_stream
-    elif handler.request_streaming:
-        make, behavior = grpc.stream_unary_rpc_method_handler, handler.stream_unary
-    elif handler.response_streaming:
-        make, behavior = grpc.unary_stream_rpc_method_handler, handler.unary_stream
-    else:
-        make, behavior = grpc.unary_unary_rpc_method_handler, handler.unary_unary
-    return make(
-        wrap(behavior),
-        request_deserializer=request_deserializer or handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )

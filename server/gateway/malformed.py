@@ -15,9 +15,8 @@ from typing import Any
 
 import grpc
 
-from server.gateway.auth import Behavior, wrap_handler
 from server.gateway.errors import GatewayError
-from server.gateway.limits import GATEWAY_PREFIX
+from server.gateway.interception import Behavior, GatewayInterceptor, wrap_handler
 
 
 class _Malformed:
@@ -59,19 +58,10 @@ def _checked(messages: Iterator[Any], method: str) -> Iterator[Any]:
         yield message
 
 
-class MalformedMessageInterceptor(grpc.ServerInterceptor):
+class MalformedMessageInterceptor(GatewayInterceptor):
     """Refuses unparsable gateway requests with INVALID_ARGUMENT (install it innermost)."""
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or not method.startswith(GATEWAY_PREFIX):
-            return handler
-
+    def intercept_call(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         def wrap(behavior: Behavior) -> Behavior:
             def checked(request: Any, context: grpc.ServicerContext) -> Any:
                 if handler.request_streaming:

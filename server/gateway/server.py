@@ -17,20 +17,22 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from server.gateway.auth import GATEWAY_SERVICE, DeviceAuthInterceptor
+from server.gateway.auth import DeviceAuthInterceptor
+from server.gateway.interception import GATEWAY_SERVICE
 from server.gateway.limits import CallLimits, LimitsInterceptor, StreamWatchdog, pool_size
 from server.gateway.malformed import MalformedMessageInterceptor
 from server.gateway.servicer import DeviceGatewayServicer
 from server.personalization import PersonalizationService
 from server.registry import Registry
-from server.registry.artifacts import CHUNK_BYTES
 from server.settings import Settings
 from shared.rpc import gateway_pb2, gateway_pb2_grpc
+from shared.wire import MAX_MESSAGE_BYTES
 
-#: one 1 MiB chunk plus room for the protobuf framing and the sha256 on a first chunk
-MAX_MESSAGE_BYTES = CHUNK_BYTES + 64 * 1024
-#: concurrent enrolments (each a short database write)
+#: concurrent enrolments (each a short database write) ...
 MAX_ENROLMENTS = 4
+#: ... and enrolments that may wait for one of those slots, each at most this long (s)
+MAX_WAITING_ENROLMENTS = 16
+ENROLMENT_WAIT_S = 5.0
 
 
 def set_serving(health_servicer: health.HealthServicer, serving: bool) -> None:
@@ -85,13 +87,17 @@ def build_grpc_server(
         max_telemetry=settings.grpc_max_telemetry_calls,
         max_enroll=MAX_ENROLMENTS,
         max_he=settings.grpc_max_he_calls,
+        enroll_waiting=MAX_WAITING_ENROLMENTS,
+        enroll_wait_s=ENROLMENT_WAIT_S,
     )
     watchdog = StreamWatchdog(
         message_timeout_s=settings.grpc_message_timeout_s,
         stream_timeout_s=settings.grpc_stream_timeout_s,
         min_bytes_per_s=settings.grpc_min_upload_bytes_per_s,
     )
-    workers = pool_size(limits.max_data, limits.max_telemetry, limits.max_enroll)
+    workers = pool_size(
+        limits.max_data, limits.max_telemetry, limits.max_enroll, limits.enroll_waiting
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc-gateway"),
         # auth first (outermost): only admitted callers are counted against the caps;

@@ -33,9 +33,9 @@ from server.personalization import (
     PersonalizeQuery,
 )
 from server.registry import Registry
-from server.registry.artifacts import CHUNK_BYTES
 from shared.model_names import BASE_MODEL as DEFAULT_MODEL
 from shared.rpc import gateway_pb2, gateway_pb2_grpc
+from shared.wire import CHUNK_BYTES
 
 log = logging.getLogger("secdood.gateway")
 

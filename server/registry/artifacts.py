@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from server.registry.errors import ArtifactIntegrityError, NotFoundError
+from shared.wire import CHUNK_BYTES  # also the step when hashing or streaming files
 
-#: bytes read per step when hashing or streaming files (1 MiB)
-CHUNK_BYTES = 1 << 20
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _INCOMING_PREFIX = ".incoming-"
 

@@ -7,9 +7,10 @@ mutating them changes nothing in the database. Times are timezone-aware UTC.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+import copy
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from server.registry.tables import JobState
 
@@ -86,3 +87,26 @@ class TelemetryRecord:
     device_id: str
     payload: dict[str, Any]
     created_at: datetime
+
+
+_Record = TypeVar("_Record")
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    """``moment`` as aware UTC (SQLite hands back naive datetimes; everything stored is UTC)."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def snapshot(row: Any, record_type: type[_Record], **overrides: Any) -> _Record:
+    """The frozen ``record_type`` of an ORM row: same-named fields, JSON deep-copied, UTC times."""
+    values = {}
+    for field in fields(record_type):
+        value = overrides[field.name] if field.name in overrides else getattr(row, field.name)
+        if isinstance(value, dict):
+            value = copy.deepcopy(value)
+        elif isinstance(value, datetime):
+            value = as_utc(value)
+        values[field.name] = value
+    return record_type(**values)

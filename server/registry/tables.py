@@ -1,6 +1,6 @@
 """ORM tables of the registry (SQLAlchemy 2 typed declarative mapping).
 
-These classes never leave :mod:`server.registry.service`: callers get the
+These classes never leave the :mod:`server.registry` package: callers get the
 frozen records of :mod:`server.registry.records` instead. Any change here needs
 a new migration in ``server/registry/migrations/versions/`` (a test compares
 the migrated database with this metadata and fails on any difference).

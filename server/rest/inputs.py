@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from shared.pipeline import OODPipeline
+from shared.validation import validation_message
 
 #: deepest nesting of arrays/objects a JSON body may have (a clip in a V2 body needs 8)
 MAX_JSON_DEPTH = 32
@@ -33,13 +34,6 @@ _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 
 class InputError(ValueError):
     """A request input with the wrong type, shape or values (a client error, HTTP 4xx)."""
-
-
-def validation_message(error: ValidationError) -> str:
-    """One line naming every invalid field, e.g. ``inputs.0.shape: Input should be a list``."""
-    return "; ".join(
-        f"{'.'.join(map(str, item['loc'])) or 'body'}: {item['msg']}" for item in error.errors()
-    )
 
 
 def json_depth(body: bytes) -> int:

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from server.training.base import MethodTrainer
 from shared.model_names import BASE_MODEL, DIFFUSION_MODEL, HYPERNETWORK
+from shared.validation import validation_message
 
 #: method name → "module:attribute" of its trainer object
 METHOD_PATHS: dict[str, str] = {
@@ -87,7 +88,5 @@ def validate_config(name: str, config: dict[str, Any] | None) -> Any:
     try:
         return trainer.config_model.model_validate(config or {})
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = validation_message(exc, root="config")
         raise ValueError(f"invalid config for method {name!r}: {problems}") from exc

@@ -18,6 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.training.base import ProgressFn, TrainResult, no_progress
+from server.training.data_parallel import DataParallel
 from shared.diffusion.artifact import (
     denoiser_from_state,
     denoiser_state,
@@ -57,6 +58,8 @@ def train_denoiser(config: DiffusionConfig, progress: ProgressFn = no_progress) 
     ema = copy.deepcopy(model).requires_grad_(False)
     schedule = NoiseSchedule()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    parallel = DataParallel.from_environment()  # torchrun: each rank a share of every batch
+    parallel.attach(optimizer)
     lr_at = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / 200) * (1.0 - 0.9 * s / config.steps)
     )
@@ -66,6 +69,7 @@ def train_denoiser(config: DiffusionConfig, progress: ProgressFn = no_progress) 
         x0, labels = data.images[idx], data.labels[idx]
         t = torch.randint(schedule.steps, (len(x0),), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
+        x0, labels, t, noise = parallel.shard_rows(x0, labels, t, noise)
         predicted = model(schedule.add_noise(x0, t, noise), t, model.class_token(labels))
         loss = torch.mean((predicted - noise) ** 2)
         optimizer.zero_grad(set_to_none=True)
@@ -117,16 +121,7 @@ def export_int8(registry: Any, name: str = DIFFUSION_MODEL) -> Any:
     record = registry.latest_model(name, "float")
     model, state = float_denoiser_from_bytes(registry.artifacts.read_bytes(record.artifact_sha256))
     data = int8_denoiser_bytes(model, state["held_out_class"], record.metrics)
-    metrics = {"float_artifact_bytes": record.size_bytes, "int8_artifact_bytes": len(data)}
-    return registry.register_model(
-        name,
-        record.method,
-        {**record.config, "quantization": "int8 per-channel weights (weight-only)"},
-        metrics,
-        data,
-        variant="int8",
-        version=record.version,
-    )
+    return registry.register_int8(record, data, "int8 per-channel weights (weight-only)")
 
 
 def register_token(registry: Any, data: bytes, metrics: dict[str, Any] | None = None) -> Any:

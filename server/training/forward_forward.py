@@ -26,6 +26,7 @@ from sklearn.metrics import accuracy_score
 from torch import nn
 
 from server.training.base import ProgressFn, TrainResult, no_progress
+from server.training.data_parallel import DataParallel
 from shared.methods.digits import DigitsSplit, load_digits_split
 from shared.methods.forward_forward import (
     NUM_CLASSES,
@@ -253,6 +254,9 @@ class _ForwardForwardTrainer:
         y_train = torch.from_numpy(data.y_train)
         net = self._build(cfg)
         optimisers = [torch.optim.Adam(layer.parameters(), lr=cfg.lr) for layer in net.layers]
+        parallel = DataParallel.from_environment()  # torchrun: each rank a share of every batch
+        for optimiser in optimisers:
+            parallel.attach(optimiser)
         # a ReLU net sees identical static frames: one frame is enough
         steps = 1 if (self.name == "ff" and cfg.encoding == "static") else cfg.time_steps
         start = time.perf_counter()
@@ -268,6 +272,8 @@ class _ForwardForwardTrainer:
                 if cfg.negatives == "hard":
                     scores = label_goodness(net, inputs, NUM_CLASSES, cfg.skip_first_layer)
                 negatives = wrong_labels(labels, generator, scores)
+                rows = parallel.shard(torch.arange(len(labels)))  # drawn whole, trained shared
+                inputs, labels, negatives = inputs[:, rows], labels[rows], negatives[rows]
                 losses.append(
                     sum(
                         forward_forward_step(
@@ -344,6 +350,8 @@ class BPSNNTrainer:
             config.slope,
         )
         optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
+        parallel = DataParallel.from_environment()  # torchrun: each rank a share of every batch
+        parallel.attach(optimiser)
         start = time.perf_counter()
         losses: list[float] = []
         encoded = _encode_epoch(x_train, config.encoding, config.time_steps, generator)
@@ -352,6 +360,7 @@ class BPSNNTrainer:
                 encoded = _encode_epoch(x_train, config.encoding, config.time_steps, generator)
             losses = []
             for batch in _batches(len(y_train), config.batch_size, generator):
+                batch = parallel.shard(batch)
                 loss = nn.functional.cross_entropy(net(encoded[:, batch]), y_train[batch])
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from server.training.base import ProgressFn, TrainResult, no_progress
+from server.training.data_parallel import ALONE, DataParallel
 from server.training.device_embeddings import (
     DeviceSet,
     embed_clipset,
@@ -213,6 +214,7 @@ def _device_step(
     positions: torch.Tensor,
     config: HyperNetworkTrainConfig,
     generator: torch.Generator,
+    parallel: DataParallel = ALONE,
 ) -> torch.Tensor:
     """Loss of one batch of devices, one Θ per device from one of its windows."""
     m, count = means.shape[0], means.shape[1]
@@ -221,6 +223,7 @@ def _device_step(
     mask = draw_masks(
         positions[devices, window], config.alphas, config.random_mask_fraction, generator
     )
+    devices, window, mask = parallel.shard_rows(devices, window, mask)  # torchrun: this rank's
     theta = model.theta(model.masked_input(means[devices, window], mask))
     kernel_size = model.config.embed_dim * model.config.num_classes
     kernel = theta[:, :kernel_size].view(len(devices), model.config.embed_dim, -1)
@@ -236,6 +239,7 @@ def _sample_step(
     positions: torch.Tensor,
     config: HyperNetworkTrainConfig,
     generator: torch.Generator,
+    parallel: DataParallel = ALONE,
 ) -> torch.Tensor:
     """Loss of one batch of samples (the paper's per-sample H: u = the sample itself)."""
     m, n, _ = train.z.shape
@@ -245,6 +249,7 @@ def _sample_step(
     mask = draw_masks(
         positions[device, window], config.alphas, config.random_mask_fraction, generator
     )
+    device, clip, mask = parallel.shard_rows(device, clip, mask)  # torchrun: this rank's
     z = train.z[device, clip]
     theta = model.theta(model.masked_input(z, mask))
     return F.cross_entropy(
@@ -304,14 +309,16 @@ def fit_hypernetwork(
     if config.variant == "device":
         model.set_reference(means.mean((0, 1)))
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    parallel = DataParallel.from_environment()  # torchrun: each rank a share of every batch
+    parallel.attach(optimiser)
     generator = torch.Generator().manual_seed(config.seed)
     model.train()
     recent = []
     for step in range(config.steps):
         if config.variant == "device":
-            loss = _device_step(model, train, means, positions, config, generator)
+            loss = _device_step(model, train, means, positions, config, generator, parallel)
         else:
-            loss = _sample_step(model, train, positions, config, generator)
+            loss = _sample_step(model, train, positions, config, generator, parallel)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

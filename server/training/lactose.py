@@ -22,6 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from server.training.base import ProgressFn, TrainResult, no_progress
+from server.training.data_parallel import DataParallel
 from shared.methods.lactose import (
     IntervalMLP,
     check_boundaries,
@@ -174,11 +175,13 @@ class LactoseTrainer:
             config = LactoseConfig.model_validate(config.model_dump())
         model = build_model(config)
         optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+        parallel = DataParallel.from_environment()  # torchrun: each rank a share of every batch
+        parallel.attach(optimiser)
         gen = torch.Generator().manual_seed(config.seed)
         start = time.perf_counter()
         for step in range(config.steps):
             audio, drive = synth_clips(config.clips_per_step, config.clip_length, gen)
-            x, c = as_samples(audio, drive)
+            x, c = parallel.shard_rows(*as_samples(audio, drive))
             loss = ((model(x, c)[:, 0] - reference_shaper(x[:, 0], c)) ** 2).mean()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()

@@ -39,6 +39,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from server.training.base import ProgressFn, TrainResult, no_progress
+from server.training.data_parallel import ALONE, DataParallel
 from shared.methods.predictive_coding import (
     Activation,
     PredictiveCodingMLP,
@@ -162,13 +163,16 @@ def bp_learning_step(
     *,
     activation: str,
     lr: float,
+    parallel: DataParallel = ALONE,
 ) -> dict[str, float]:
-    """One SGD step of torch autograd on ½‖target − output‖² summed over the batch (in place)."""
+    """One SGD step of torch autograd on ½‖target − output‖² summed over the batch (in place).
+
+    Under torchrun each rank holds a share of the batch and the gradients are summed."""
     _check_batch(weights, x, target)
     params = [w.detach().requires_grad_(True) for w in weights]
     output = feedforward_nodes(params, x, activation)[-1]
     loss = 0.5 * ((target - output) ** 2).sum()
-    grads = torch.autograd.grad(loss, params)
+    grads = parallel.summed(list(torch.autograd.grad(loss, params)))
     with torch.no_grad():
         for weight, grad in zip(weights, grads, strict=True):
             weight.sub_(lr * grad)
@@ -247,11 +251,18 @@ class PredictiveCodingTrainer:
         self.config_model: type[BaseModel] = ILConfig if rule == "end" else PCConfig
 
     def step(
-        self, weights: list[torch.Tensor], x: torch.Tensor, target: torch.Tensor, config: PCConfig
+        self,
+        weights: list[torch.Tensor],
+        x: torch.Tensor,
+        target: torch.Tensor,
+        config: PCConfig,
+        parallel: DataParallel = ALONE,
     ) -> None:
-        """One learning step of this trainer's rule on a batch."""
+        """One learning step of this trainer's rule on a batch (a rank's share under torchrun)."""
         if self.rule == "bp":
-            bp_learning_step(weights, x, target, activation=config.activation, lr=config.lr)
+            bp_learning_step(
+                weights, x, target, activation=config.activation, lr=config.lr, parallel=parallel
+            )
             return
         n_layers = len(weights)
         if self.rule == "end":
@@ -280,12 +291,15 @@ class PredictiveCodingTrainer:
         t_tr = one_hot(y_tr, 10, dtype)
         weights = init_weights(config.layer_sizes, config.seed, dtype)
         gen = torch.Generator().manual_seed(config.seed + 1)
+        # Only backprop is data-parallel: IL/Z-IL/Fa-Z-IL change the weights inside the
+        # inference loop, so every rank runs them whole (docs/scaling.md).
+        parallel = DataParallel.from_environment() if self.rule == "bp" else ALONE
         start = time.perf_counter()
         for epoch in range(config.epochs):
             order = torch.randperm(len(x_tr), generator=gen)
             for begin in range(0, len(order), config.batch_size):
-                idx = order[begin : begin + config.batch_size]
-                self.step(weights, x_tr[idx], t_tr[idx], config)
+                idx = parallel.shard(order[begin : begin + config.batch_size])
+                self.step(weights, x_tr[idx], t_tr[idx], config, parallel)
             progress((epoch + 1) / config.epochs, f"{self.name}: epoch {epoch + 1}/{config.epochs}")
         train_seconds = time.perf_counter() - start
         model = PredictiveCodingMLP(weights, config.activation)

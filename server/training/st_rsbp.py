@@ -35,6 +35,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.training.base import ProgressFn, TrainResult, no_progress
+from server.training.data_parallel import DataParallel
 from shared.methods.digits import load_digits_split
 from shared.methods.st_rsbp import TASKS, RecurrentSNN, encode_task
 
@@ -164,6 +165,8 @@ class RecurrentSNNTrainer:
             n_in, config.hidden, 10, config.beta, config.alpha, config.threshold, seed=config.seed
         )
         optimiser = torch.optim.Adam(net.parameters(), lr=config.lr)
+        parallel = DataParallel.from_environment()  # torchrun: each rank a share of every batch
+        parallel.attach(optimiser)
         gradients = GRADIENTS[self.rule]
         high, low = config.target_high * config.time_steps, config.target_low * config.time_steps
         peak_bytes, losses = 0, []
@@ -172,6 +175,7 @@ class RecurrentSNNTrainer:
             encoded = encode_task(x_train, config.task, config.time_steps, gen)
             losses = []
             for idx in torch.randperm(len(y_train), generator=gen).split(config.batch_size):
+                idx = parallel.shard(idx)
                 targets = count_targets(y_train[idx], 10, high, low)
                 loss, grads, kept = gradients(net, encoded[:, idx], targets)
                 optimiser.zero_grad(set_to_none=True)

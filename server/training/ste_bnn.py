@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from server.training.data_parallel import DataParallel
 from shared.methods.boolean_bp import BooleanNetwork, bias_bits, check_binary, with_bias
 
 
@@ -57,11 +58,14 @@ def train_ste_bnn(
         for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True)
     ]
     optimiser = torch.optim.Adam(latent, lr=lr)
+    parallel = DataParallel.from_environment()  # torchrun: each rank a share of every batch
+    parallel.attach(optimiser)
     inputs = torch.from_numpy(bits.astype(np.float32) * 2 - 1)
     labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         for idx in torch.randperm(len(labels), generator=gen).split(batch_size):
+            idx = parallel.shard(idx)
             a = inputs[idx]
             for k, w in enumerate(latent):
                 s = _with_bias_pm(a) @ _sign_ste(w).T

@@ -11,8 +11,8 @@ entries go to validation and test, so both sets hold noise, blur, lighting and d
 The tuples are written out so that new corruption types added later do not move them.
 
 This split is the device-adaptation one. The HyperNetwork's training / validation / test shift
-split is defined with its shift families (``shared/data/corruptions.py``); the two are kept
-apart on purpose and named differently so they can be reconciled later.
+split is :data:`shared.data.device_shifts.SHIFT_SPLIT` (whole families held out); the two are
+kept apart on purpose (docs/architecture.md says why) and named differently.
 """
 
 from __future__ import annotations

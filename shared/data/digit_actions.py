@@ -105,7 +105,7 @@ def _photos() -> tuple[np.ndarray, ...]:
 
 
 @functools.cache
-def _actor_pools(seed: int) -> dict[str, np.ndarray]:
+def actor_pools(seed: int) -> dict[str, np.ndarray]:
     """Disjoint digit-image indices for train, val and test actors."""
     n = len(_digit_images())
     order = np.random.default_rng([seed, 7919]).permutation(n)
@@ -271,7 +271,7 @@ def _far_clip(
 def generate_split(split: str, config: DigitActionsConfig = DigitActionsConfig()) -> ClipSet:
     """Generate one split from scratch (no cache). See :func:`load_split`."""
     _check_split(split)
-    pools = _actor_pools(config.seed)
+    pools = actor_pools(config.seed)
     if split in ("train", "val", "test"):
         per_class = getattr(config, f"{split}_per_class")
         names = [ID_ACTIONS[i % len(ID_ACTIONS)] for i in range(per_class * len(ID_ACTIONS))]

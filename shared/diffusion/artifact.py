@@ -12,7 +12,6 @@ and checked by a format tag, so a wrong or damaged file is a clear ``ValueError`
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import torch
@@ -21,29 +20,11 @@ from torch import Tensor
 from shared.diffusion.denoiser import Denoiser, DenoiserConfig
 from shared.diffusion.int8 import build_int8_denoiser, quantize_denoiser_state
 from shared.model_names import DIFFUSION_MODEL
+from shared.saved_files import METHOD_FORMAT, METHOD_FORMAT_VERSION, load_saved, save_payload
 
 FORMAT_INT8 = "secdood-diffusion-int8"
 FORMAT_TOKEN = "secdood-diffusion-token"
 FORMAT_VERSION = 1
-METHOD_FORMAT = "secdood-method"
-
-
-def _save(payload: dict[str, Any]) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    return buffer.getvalue()
-
-
-def _load(data: bytes, fmt: str, what: str) -> dict[str, Any]:
-    try:
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt input
-        raise ValueError(f"not a readable {what}: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != fmt:
-        raise ValueError(f"not a {what} (expected format {fmt!r})")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{what} format version {payload.get('format_version')} is unsupported")
-    return payload
 
 
 def denoiser_state(model: Denoiser, held_out_class: int) -> dict[str, Any]:
@@ -64,7 +45,7 @@ def denoiser_from_state(state: dict[str, Any]) -> Denoiser:
 
 def float_denoiser_from_bytes(data: bytes) -> tuple[Denoiser, dict[str, Any]]:
     """(model, state) from the registry's float artifact of the ``diffusion`` method."""
-    payload = _load(data, METHOD_FORMAT, "SecDOOD method artifact")
+    payload = load_saved(data, METHOD_FORMAT, (METHOD_FORMAT_VERSION,), "SecDOOD method artifact")
     if payload.get("method") != DIFFUSION_MODEL:
         raise ValueError(
             f"artifact is of method {payload.get('method')!r}, not {DIFFUSION_MODEL!r}"
@@ -74,7 +55,7 @@ def float_denoiser_from_bytes(data: bytes) -> tuple[Denoiser, dict[str, Any]]:
 
 def int8_denoiser_bytes(model: Denoiser, held_out_class: int, metrics: dict | None = None) -> bytes:
     """The device artifact: int8 weights of ``model`` plus its config."""
-    return _save(
+    return save_payload(
         {
             "format": FORMAT_INT8,
             "format_version": FORMAT_VERSION,
@@ -88,7 +69,7 @@ def int8_denoiser_bytes(model: Denoiser, held_out_class: int, metrics: dict | No
 
 def int8_denoiser_from_bytes(data: bytes) -> tuple[Denoiser, dict[str, Any]]:
     """(int8 model, payload) from a device artifact; ValueError when it is not one."""
-    payload = _load(data, FORMAT_INT8, "SecDOOD int8 diffusion artifact")
+    payload = load_saved(data, FORMAT_INT8, (FORMAT_VERSION,), "SecDOOD int8 diffusion artifact")
     model = build_int8_denoiser(DenoiserConfig.from_dict(payload["config"]), payload)
     return model, payload
 
@@ -97,7 +78,7 @@ def token_bytes(token: Tensor, denoiser_sha256: str, info: dict[str, Any]) -> by
     """A learned token file: ``token`` [token_dim] float32 plus provenance ``info`` (JSON-able)."""
     if token.dim() != 1 or not token.is_floating_point() or not torch.isfinite(token).all():
         raise ValueError(f"a token is a finite float vector, got {tuple(token.shape)}")
-    return _save(
+    return save_payload(
         {
             "format": FORMAT_TOKEN,
             "format_version": FORMAT_VERSION,
@@ -110,4 +91,4 @@ def token_bytes(token: Tensor, denoiser_sha256: str, info: dict[str, Any]) -> by
 
 def token_from_bytes(data: bytes) -> dict[str, Any]:
     """``{"token", "denoiser_sha256", "info"}`` from a token file; ValueError otherwise."""
-    return _load(data, FORMAT_TOKEN, "SecDOOD learned-token file")
+    return load_saved(data, FORMAT_TOKEN, (FORMAT_VERSION,), "SecDOOD learned-token file")

@@ -10,7 +10,6 @@ per-detector thresholds calibrated at 95 % ID acceptance.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from shared.models.two_stream import TwoStreamConfig, TwoStreamNet
+from shared.saved_files import load_saved, save_payload
 
 ARTIFACT_FORMAT = "secdood-two-stream"
 ARTIFACT_VERSION = 1
@@ -58,24 +58,12 @@ def bundle_to_bytes(bundle: ModelBundle) -> bytes:
         "metrics": bundle.metrics,
         "train_config": bundle.train_config,
     }
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    return buffer.getvalue()
+    return save_payload(payload)
 
 
 def bundle_from_bytes(data: bytes) -> ModelBundle:
     """Load an artifact; raises ValueError on anything that is not a valid one."""
-    try:
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt input
-        raise ValueError(f"not a readable SecDOOD model artifact: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != ARTIFACT_FORMAT:
-        raise ValueError(f"not a SecDOOD model artifact (expected format {ARTIFACT_FORMAT!r})")
-    if payload.get("format_version") != ARTIFACT_VERSION:
-        raise ValueError(
-            f"artifact format version {payload.get('format_version')} is not supported "
-            f"(this build reads version {ARTIFACT_VERSION})"
-        )
+    payload = load_saved(data, ARTIFACT_FORMAT, (ARTIFACT_VERSION,), "SecDOOD model artifact")
     model = TwoStreamNet(TwoStreamConfig.from_dict(payload["config"]))
     model.load_state_dict(payload["state_dict"])
     model.eval()

@@ -24,7 +24,6 @@ uint8 per dimension (affine min/max), logits as float16.
 from __future__ import annotations
 
 import contextlib
-import io
 import platform
 import time
 import warnings
@@ -39,6 +38,7 @@ from torch import Tensor, nn
 
 from shared.models.checkpoint import ModelBundle
 from shared.models.two_stream import TwoStreamConfig, TwoStreamOutput, check_clip_inputs
+from shared.saved_files import load_saved, save_payload
 
 INT8_FORMAT = "secdood-two-stream-int8"
 INT8_FORMAT_VERSION = 1
@@ -195,7 +195,7 @@ def _bn_factor(bn: dict[str, Tensor]) -> Tensor:
     return bn["weight"] / torch.sqrt(bn["var"] + float(bn["eps"]))
 
 
-def _fold_quantized(
+def fold_quantized(
     q: Tensor, scale: Tensor, bn: dict[str, Tensor]
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Fold eval BN into a per-channel int8 weight exactly: returns (q', scale', bias')."""
@@ -351,7 +351,7 @@ def _build_stream(
             conv.scale, conv.zero_point = pre.scale, pre.zero_point
             norm = norm_factory(_batchnorm3d(entry["bn"]))
         else:
-            q_f, scale_f, bias = _fold_quantized(q, scale, entry["bn"])
+            q_f, scale_f, bias = fold_quantized(q, scale, entry["bn"])
             conv = nniq.ConvReLU3d(c_in, c_out, 3, stride=stride, padding=1, bias=True)
             conv.set_weight_bias(_qweight(q_f, scale_f), bias.float())
             post = _range(entry["post_relu"], qmax)
@@ -359,7 +359,7 @@ def _build_stream(
             norm = None
         blocks.append(Int8Block(conv, norm, _range(entry["post_relu"], qmax)))
     proj = payload["project"]
-    q_f, scale_f, bias = _fold_quantized(proj["weight"], proj["weight_scale"], proj["bn"])
+    q_f, scale_f, bias = fold_quantized(proj["weight"], proj["weight_scale"], proj["bn"])
     project = nniq.LinearReLU(q_f.shape[1], q_f.shape[0])
     project.set_weight_bias(_qweight(q_f, scale_f), bias.float())
     out = _range(proj["post_relu"], qmax)
@@ -411,25 +411,12 @@ def build_int8_model(
 
 def int8_payload_to_bytes(payload: dict[str, Any]) -> bytes:
     """Serialise an int8 payload (plain tensors and numbers only) to artifact bytes."""
-    buffer = io.BytesIO()
-    torch.save({"format": INT8_FORMAT, "format_version": INT8_FORMAT_VERSION, **payload}, buffer)
-    return buffer.getvalue()
+    return save_payload({"format": INT8_FORMAT, "format_version": INT8_FORMAT_VERSION, **payload})
 
 
 def int8_payload_from_bytes(data: bytes) -> dict[str, Any]:
     """Read int8 artifact bytes (``weights_only=True``); ValueError when it is not one."""
-    try:
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt input
-        raise ValueError(f"not a readable SecDOOD int8 artifact: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != INT8_FORMAT:
-        raise ValueError(f"not a SecDOOD int8 artifact (expected format {INT8_FORMAT!r})")
-    if payload.get("format_version") != INT8_FORMAT_VERSION:
-        raise ValueError(
-            f"int8 artifact format version {payload.get('format_version')} is not supported "
-            f"(this build reads version {INT8_FORMAT_VERSION})"
-        )
-    return payload
+    return load_saved(data, INT8_FORMAT, (INT8_FORMAT_VERSION,), "SecDOOD int8 artifact")
 
 
 def is_int8_artifact(data: bytes) -> bool:

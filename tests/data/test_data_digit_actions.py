@@ -12,7 +12,7 @@ from shared.data.actions import (
 from shared.data.clipset import ClipSet
 from shared.data.digit_actions import (
     DigitActionsConfig,
-    _actor_pools,
+    actor_pools,
     cache_path,
     generate_split,
     load_split,
@@ -92,7 +92,7 @@ def test_generation_is_deterministic_and_seeded(splits):
 
 
 def test_actor_pools_are_disjoint():
-    pools = _actor_pools(0)
+    pools = actor_pools(0)
     train, val, test = (set(pools[k].tolist()) for k in ("train", "val", "test"))
     assert not (train & val) and not (train & test) and not (val & test)
     assert len(train | val | test) == 1797

@@ -19,6 +19,7 @@ from shared.data.device_shifts import (
     ShiftStep,
     draw_profile,
     evaluation_profiles,
+    hard_evaluation_profiles,
     shift_clip,
     split_of,
 )
@@ -102,3 +103,13 @@ def test_evaluation_devices_cover_the_test_types_then_mix_them():
     assert all(len(p.steps) == 2 for p in profiles[len(singles) :])
     assert all(3 <= s.severity <= 5 for p in profiles for s in p.steps)
     assert all(s.shift_type in SHIFT_SPLIT["test"] for p in profiles for s in p.steps)
+
+
+def test_hard_population_is_compositions_at_high_severity_from_its_split():
+    profiles = hard_evaluation_profiles("test", 8, seed=0)
+    assert len(profiles) == 8
+    assert all(2 <= len(p.steps) <= 3 for p in profiles)
+    assert all(4 <= s.severity <= 5 for p in profiles for s in p.steps)
+    assert all(s.shift_type in SHIFT_SPLIT["test"] for p in profiles for s in p.steps)
+    assert profiles == hard_evaluation_profiles("test", 8, seed=0)
+    assert profiles != hard_evaluation_profiles("test", 8, seed=1)

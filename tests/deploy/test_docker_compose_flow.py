@@ -3,9 +3,10 @@
 Needs a Docker engine, docker-compose and the images that ``make docker`` builds;
 ``make test-docker`` does all of that and then runs this file. It proves, in order:
 compose refuses to start without keys; a small model is trained with the image's CLI and
-the server turns healthy; two device containers enrol, download and score; REST scoring works
-from the host; bad device settings fail with one clear line; and after
-``docker-compose down`` and ``up`` on the same volumes nothing is lost.
+the server turns healthy; two device containers enrol, download, personalise their head with
+CKKS-encrypted channels and score with it; REST scoring works from the host; bad device
+settings fail with one clear line; and after ``docker-compose down`` and ``up`` on the same
+volumes nothing is lost (devices, models, the devices' CKKS contexts, their enrolment).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import httpx
 import pytest
 from support import free_loopback_port, wait_until
 
+from shared.model_names import BASE_MODEL, HYPERNETWORK
+
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,6 +35,11 @@ DEVICE_TIMEOUT_S = 900
 SMALL_DATA = {"train_per_class": 60, "val_per_class": 20, "test_per_class": 10,
               "ood_per_action": 10, "far_count": 40}  # fmt: skip
 SMALL_TRAINING = ["--set", "epochs=2", "--set", f"data={json.dumps(SMALL_DATA)}"]
+# Without a HyperNetwork the server trains the default one after it turns healthy and
+# devices' personalize is refused (NOT_FOUND) until it lands; a small one first.
+SMALL_HYPERNETWORK = ["--method", HYPERNETWORK, "--set", "devices=8", "--set",
+                      "classic_devices=4", "--set", "clips_per_device=32", "--set",
+                      "val_devices=0", "--set", "steps=200"]  # fmt: skip
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -134,6 +142,31 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeStack]:
     compose("down", "--volumes", "--timeout", "20", check=False)
 
 
+def trained_model(output: str) -> str | None:
+    """The model ``secdood-server train`` says it registered (its one JSON line)."""
+    lines = [line for line in output.splitlines() if line.startswith('{"job"')]
+    return json.loads(lines[-1])["model"] if lines else None
+
+
+def run_summary(log: str) -> dict[str, Any]:
+    """The JSON line ``secdood-device run --json`` ends its output with (the container log
+    holds stdout, then stderr)."""
+    lines = [line for line in log.splitlines() if line.startswith('{"clips"')]
+    assert lines, f"no run --json summary in:\n{log}"
+    return json.loads(lines[-1])
+
+
+def assert_personalised_encrypted(log: str, context: str) -> None:
+    """``personalize`` sent encrypted channels (context uploaded now / already with the
+    cloud, as ``context`` says) and ``run`` scored every clip with the personalised head."""
+    assert "channels encrypted" in log and "plaintext mode" not in log, log
+    assert f"public CKKS context: {context}" in log, log
+    summary = run_summary(log)
+    assert summary["head"] == "personalised", summary
+    assert summary["theta_status"] in {"fresh", "cached"}, summary
+    assert summary["clips"] > 0, summary
+
+
 def durable_state(stack: ComposeStack) -> dict[str, Any]:
     """What must survive a restart: devices (with their profiles) and registered models."""
     devices = stack.admin("/v1/devices")
@@ -150,11 +183,13 @@ def test_compose_refuses_to_start_without_keys(stack: ComposeStack, tmp_path: Pa
 
 @pytest.mark.timeout(3600)  # trains, scores on two devices twice, restarts: minutes, not seconds
 def test_full_flow_and_restart_loses_nothing(stack: ComposeStack) -> None:
-    # A small base model trained by the image's own CLI into the server volume, so the
-    # first start serves at once instead of training the full default model (that path
-    # is tests/service/test_serve_process.py's).
+    # A small base model and HyperNetwork trained by the image's own CLI into the server
+    # volume, so the first start serves and personalises at once instead of training the
+    # full default models (that path is tests/service/test_serve_process.py's).
     trained = stack("run", "--rm", "--no-deps", "server", "train", *SMALL_TRAINING, timeout=1800)
-    assert '"model": "secdood_base"' in trained, trained
+    assert trained_model(trained) == BASE_MODEL, trained
+    trained = stack("run", "--rm", "--no-deps", "server", "train", *SMALL_HYPERNETWORK)
+    assert trained_model(trained) == HYPERNETWORK, trained
     stack("up", "-d", "--no-build", "server")
     stack.wait_healthy(FIRST_START_TIMEOUT_S)
 
@@ -162,6 +197,7 @@ def test_full_flow_and_restart_loses_nothing(stack: ComposeStack) -> None:
     for log in logs.values():
         assert "enrolled device" in log, log
         assert "Traceback" not in log, log
+        assert_personalised_encrypted(log, context="uploaded now")
 
     # The REST API from the host, on the loopback-published port, with the generated key.
     features = [[0.01 * i for i in range(128)]] * 2
@@ -169,7 +205,7 @@ def test_full_flow_and_restart_loses_nothing(stack: ComposeStack) -> None:
     body = {"inputs": [{"name": "features", "shape": [2, 128], "datatype": "FP32",
                         "data": features}]}  # fmt: skip
     response = httpx.post(
-        f"{stack.url}/v2/models/secdood_base/infer",
+        f"{stack.url}/v2/models/{BASE_MODEL}/infer",
         json=body,
         headers={"Authorization": f"Bearer {scoring_key}"},
         timeout=60,
@@ -177,22 +213,24 @@ def test_full_flow_and_restart_loses_nothing(stack: ComposeStack) -> None:
     assert response.status_code == 200, response.text
     outputs = {output["name"]: output for output in response.json()["outputs"]}
     assert outputs["ood_score"]["shape"] == [2]
-    unauthorised = httpx.post(f"{stack.url}/v2/models/secdood_base/infer", json=body, timeout=30)
+    unauthorised = httpx.post(f"{stack.url}/v2/models/{BASE_MODEL}/infer", json=body, timeout=30)
     assert unauthorised.status_code == 401
 
     before = durable_state(stack)
     assert {device["name"] for device in before["devices"]} == DEVICE_NAMES
-    assert any(model["name"] == "secdood_base" for model in before["models"])
+    assert any(model["name"] == BASE_MODEL for model in before["models"])
 
     stack("down", "--timeout", "20")  # keeps the volumes
     stack("up", "-d", "--no-build", "server")
     stack.wait_healthy(300)  # no training this time: the model is in the volume
     assert durable_state(stack) == before
 
-    # The devices kept their enrolment (token in their volume): no second enrolment.
+    # The devices kept their enrolment (token in their volume): no second enrolment; the
+    # server kept their public CKKS contexts: personalising again uploads nothing.
     again = stack.run_devices()
     for log in again.values():
         assert "enrolled device" not in log, log
+        assert_personalised_encrypted(log, context="already with the cloud")
     assert len(stack.admin("/v1/devices")) == len(DEVICE_NAMES)
 
 

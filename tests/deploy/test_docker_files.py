@@ -7,7 +7,9 @@ actually understands.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +122,46 @@ def test_dockerfiles_default_to_a_registry_base_and_take_a_local_one(dockerfile)
     assert all(line == "FROM ${BASE_IMAGE}" or line.startswith("FROM ${BASE_IMAGE} AS ")
                for line in re.findall(r"^FROM .*$", text, re.M))  # fmt: skip
     assert "--find-links /wheels $PIP_SOURCE" in text
+
+
+KEYS = ("SECDOOD_ENROLLMENT_KEY", "SECDOOD_SCORING_API_KEY", "SECDOOD_ADMIN_API_KEY")
+
+
+@pytest.mark.parametrize("missing", KEYS)
+def test_compose_without_a_key_refuses_and_names_it(tmp_path, missing):
+    # `docker-compose config` interpolates like `up` and needs no Docker engine.
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("docker-compose is not installed (make test-docker installs it)")
+    env_file = tmp_path / ".env"
+    env_file.write_text("".join(f"{key}=k-{index}\n" for index, key in enumerate(KEYS)
+                                if key != missing))  # fmt: skip
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SECDOOD_")}
+    result = subprocess.run(
+        [compose, "--project-directory", str(ROOT), "--file", str(ROOT / "docker-compose.yml"),
+         "--env-file", str(env_file), "config"],
+        capture_output=True, text=True, env=environ, timeout=120,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert missing in result.stderr and "make compose-env" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({}, "set SECDOOD_SERVER=host:port"),
+        ({"SECDOOD_SERVER": "server:50051"}, "set SECDOOD_ENROLLMENT_KEY"),
+    ],
+    ids=["no-server", "no-enrolment-key"],
+)
+def test_device_entrypoint_without_settings_names_what_is_missing(tmp_path, settings, message):
+    state = tmp_path / "device"
+    state.mkdir()
+    environ = {"PATH": os.environ["PATH"], "SECDOOD_DEVICE_DIR": str(state), **settings}
+    result = subprocess.run(
+        ["sh", str(ROOT / "docker" / "device-entrypoint.sh")],
+        capture_output=True, text=True, env=environ, timeout=60,
+    )  # fmt: skip
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+    assert list(state.iterdir()) == []  # nothing written before the check

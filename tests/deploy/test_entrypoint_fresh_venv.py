@@ -12,27 +12,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from support import make_tiny_bundle
+from support import free_loopback_port, make_tiny_bundle, wait_until
 
 from server.registry import open_registry
+from shared.model_names import BASE_MODEL
 from shared.models.checkpoint import bundle_to_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_server_entrypoint_from_a_fresh_venv(tmp_path):
@@ -45,15 +37,13 @@ def test_server_entrypoint_from_a_fresh_venv(tmp_path):
 
     data_dir = tmp_path / "data"
     with open_registry(None, data_dir) as registry:
-        registry.register_model(
-            "secdood_base", "secdood_base", {}, {}, bundle_to_bytes(make_tiny_bundle())
-        )
-    rest_port = _free_port()
+        registry.register_model(BASE_MODEL, BASE_MODEL, {}, {}, bundle_to_bytes(make_tiny_bundle()))
+    rest_port = free_loopback_port()
     env = dict(
         os.environ,
         SECDOOD_DATA_DIR=str(data_dir),
         SECDOOD_REST_PORT=str(rest_port),
-        SECDOOD_GRPC_PORT=str(_free_port()),
+        SECDOOD_GRPC_PORT=str(free_loopback_port()),
         SECDOOD_BOOTSTRAP_MODEL="false",
     )
     log = tmp_path / "serve.log"
@@ -65,19 +55,16 @@ def test_server_entrypoint_from_a_fresh_venv(tmp_path):
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )
+
+    def ready() -> bool:
+        assert proc.poll() is None, log.read_text()
+        try:
+            return httpx.get(f"http://127.0.0.1:{rest_port}/v2/health/ready").status_code == 200
+        except httpx.TransportError:
+            return False
+
     try:
-        deadline = time.monotonic() + 120
-        ready = False
-        while time.monotonic() < deadline and not ready:
-            assert proc.poll() is None, log.read_text()
-            try:
-                ready = (
-                    httpx.get(f"http://127.0.0.1:{rest_port}/v2/health/ready").status_code == 200
-                )
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        assert ready, log.read_text()
+        wait_until(ready, timeout=120, interval=0.3, what=f"readiness (log: {log})")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()
     finally:

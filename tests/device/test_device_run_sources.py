@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -137,6 +139,10 @@ def test_cli_int8_folder_run_and_errors(model_files, monkeypatch, tmp_path, caps
     assert main([*argv, "--adapt", "zo"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].startswith("summary: 3 clips") and "adapt zo, int8" in out[-1]
+    # --json names the quantised engine that ran (the arm64 smoke checks it is qnnpack)
+    assert main([*argv, "--engine", "qnnpack", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["int8"] is True and report["engine"] == "qnnpack"
     assert main(["run", "--source", str(videos), "--model", str(float_path), "--int8"]) == 2
     assert "--variant int8" in capsys.readouterr().err
     small = write_video(tmp_path / "small.mp4", _frames(16, size=16))

@@ -15,11 +15,11 @@ from device_client.runtime import load_model
 from server.export import int8_payload
 from shared.models.checkpoint import bundle_to_bytes
 from shared.models.int8 import (
-    _fold_quantized,
     activation_qparams,
     build_int8_model,
     compress_features,
     decompress_features,
+    fold_quantized,
     int8_payload_from_bytes,
     int8_payload_to_bytes,
     is_int8_artifact,
@@ -100,7 +100,7 @@ def test_folding_into_int8_weights_is_exact():
         "bias": torch.randn(6),
         "eps": 1e-5,
     }
-    q_f, scale_f, bias = _fold_quantized(q, scale, bn)
+    q_f, scale_f, bias = fold_quantized(q, scale, bn)
     factor = bn["weight"] / torch.sqrt(bn["var"] + 1e-5)
     before = q.float() * scale.reshape(-1, 1, 1, 1, 1) * factor.reshape(-1, 1, 1, 1, 1)
     after = q_f.float() * scale_f.reshape(-1, 1, 1, 1, 1)

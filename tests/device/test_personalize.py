@@ -375,6 +375,7 @@ def test_run_json_reports_flag_rates_from_the_truth_file(tmp_path, video, capsys
     report = json.loads(out[-1])
     truth = np.array(labels)
     assert report["clips"] == 20 and report["head"] == "global"
+    assert report["int8"] is False and report["engine"] is None
     assert report["id_flagged_rate"] == pytest.approx(flags[truth >= 0].mean())
     assert report["ood_flagged_rate"] == pytest.approx(flags[truth < 0].mean())
     assert (report["id_clips"], report["ood_clips"]) == (12, 8)

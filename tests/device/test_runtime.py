@@ -110,9 +110,9 @@ def test_zo_window_entropy_is_the_same_for_any_eval_batch(artifacts, eval_batch)
     rgb, flow = torch.rand(7, 8, 3, 32, 32, generator=gen), torch.randn(7, 7, 2, 32, 32)
     adapter.observe(rgb, flow)  # the window keeps the last 5 clips
     theta = adapter.theta + 0.1 * torch.randn(adapter.theta.shape, generator=gen)
-    value = adapter._entropy(theta)
+    value = adapter.window_entropy(theta)
     with torch.inference_mode():
-        logits = model(rgb[2:], flow[2:])  # params already set to theta by _entropy
+        logits = model(rgb[2:], flow[2:])  # params already set to theta by window_entropy
     probs = torch.softmax(logits.double(), dim=1)
     expected = float(-(probs * probs.log()).sum(dim=1).mean())
     assert value == pytest.approx(expected, rel=1e-5)

@@ -13,11 +13,12 @@ from support import make_hypernet
 from device_client.gateway_client import GatewayClient, GatewayClientError
 from device_client.personalization import Personalizer
 from server.gateway import build_grpc_server
+from server.gateway.auth import TOKEN_METADATA
 from server.registry import open_registry
 from server.settings import Settings
 from shared.he import encrypt_selected, load_public_context, public_context_bytes
 from shared.hypernet import hypernet_state, personalised_logits
-from shared.rpc import gateway_pb2
+from shared.rpc import gateway_pb2, gateway_pb2_grpc
 
 KEY = "enrol-key"
 D, C = 8, 3
@@ -128,7 +129,9 @@ def test_refusals_are_clear_and_leave_state_unchanged(gateway, small_context, de
     registry, target = gateway
     client = GatewayClient(target)
     client.enroll(KEY, "cam")
-    stub, metadata = client._stub, client._token_metadata()
+    # A raw stub sends requests the client never would (same channel kind, the device's token).
+    stub = gateway_pb2_grpc.DeviceGatewayStub(grpc.insecure_channel(target))
+    metadata = ((TOKEN_METADATA, f"Bearer {client.token}"),)
 
     def code_of(request):
         with pytest.raises(grpc.RpcError) as caught:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-import server.registry.service as registry_service
+import server.registry.devices as registry_devices
 from server.registry import (
     ArtifactIntegrityError,
     JobState,
@@ -302,6 +302,6 @@ def test_last_seen_is_refreshed_at_most_once_per_resolution(
     first = registry.authenticate_device(token)
     again = registry.authenticate_device(token)
     assert first is not None and again is not None and again.last_seen == first.last_seen
-    monkeypatch.setattr(registry_service, "LAST_SEEN_RESOLUTION", timedelta(0))
+    monkeypatch.setattr(registry_devices, "LAST_SEEN_RESOLUTION", timedelta(0))
     later = registry.authenticate_device(token)
     assert later is not None and later.last_seen > first.last_seen  # type: ignore[operator]

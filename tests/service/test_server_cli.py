@@ -74,10 +74,16 @@ def test_bad_commands_fail_clearly(data_dir, capsys, argv, message):
     assert message in err and "Traceback" not in err
 
 
-def test_unreachable_database_url_fails_clearly(data_dir, capsys, monkeypatch):
+@pytest.mark.parametrize(
+    "argv",
+    [["eval"], ["serve", "--grpc-port", "0", "--rest-port", "0"], ["train", "--set", "epochs=1"]],
+    ids=["eval", "serve", "train"],
+)
+def test_unreachable_database_url_fails_clearly(data_dir, capsys, monkeypatch, argv):
+    # serve is the deployment case: a server container given a wrong SECDOOD_DB_URL
     port = free_loopback_port()  # nothing listens there
     monkeypatch.setenv("SECDOOD_DB_URL", f"postgresql://secdood:hunter2@127.0.0.1:{port}/registry")
-    assert main(["eval"]) == 2
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert "cannot connect to the registry database" in err and f"127.0.0.1:{port}" in err
     assert "SECDOOD_DB_URL" in err and "hunter2" not in err and "Traceback" not in err

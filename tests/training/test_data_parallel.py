@@ -57,6 +57,15 @@ def test_shards_split_a_batch_without_overlap() -> None:
     assert sorted(torch.cat(shards).tolist()) == indices.tolist()
 
 
+def test_uneven_shares_are_weighted_by_their_size() -> None:
+    # 11 samples on 3 ranks: 4, 4, 3; weighted means of the shares give the batch mean.
+    ranks = [DataParallel(rank, 3) for rank in range(3)]
+    values = torch.arange(11, dtype=torch.float64) ** 2
+    means = [values[p.shard(torch.arange(11))].mean() * p.share_weight / 3 for p in ranks]
+    assert [p.share_weight for p in ranks] == [12 / 11, 12 / 11, 9 / 11]
+    assert torch.isclose(sum(means), values.mean())
+
+
 def parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: value.detach() for name, value in model.named_parameters()}
 
@@ -65,11 +74,13 @@ def test_two_processes_equal_one_on_a_batchnorm_free_model(tmp_path: Path) -> No
     from ddp_worker import train_mlp  # the one-process runs here, in this process
 
     rank0, rank1 = train("mlp", tmp_path / "two", processes=2)
-    alone = parameters(train_mlp(seed=0))
-    assert max_difference(rank0, rank1) == 0.0  # DDP keeps the replicas identical
-    assert max_difference(alone, rank0) < 1e-5  # averaged shard gradients = the batch gradient
-    other_seed = parameters(train_mlp(seed=1))
-    assert max_difference(alone, other_seed) > 0.1  # the comparison can fail
+    for hook in ("wrap", "attach"):
+        alone = parameters(train_mlp(seed=0, hook=hook))
+        assert max_difference(rank0[hook], rank1[hook]) == 0.0, hook  # replicas identical
+        # weighted averages of the shares' gradients = the batch gradient
+        assert max_difference(alone, rank0[hook]) < 1e-5, hook
+        other_seed = parameters(train_mlp(seed=1, hook=hook))
+        assert max_difference(alone, other_seed) > 0.1, hook  # the comparison can fail
 
 
 @pytest.mark.slow
@@ -81,3 +92,19 @@ def test_base_model_under_torchrun_matches_one_process(tmp_path: Path) -> None:
     assert max_difference(rank0, rank1) == 0.0
     other_seed = train("base", tmp_path / "seed1", processes=1, seed=1)[0]
     assert max_difference(alone, rank0) < 0.25 * max_difference(alone, other_seed)
+
+
+@pytest.mark.slow  # three real trainers, twice: a minute or more on 2 shared cores
+def test_hypernetwork_and_hub_trainers_under_torchrun_equal_one_process(tmp_path: Path) -> None:
+    """The HyperNetwork (``attach``), Forward-Forward (one optimiser per layer, uneven last
+    batch) and the predictive-coding backprop baseline (batch-sum rule) under two processes."""
+    from ddp_worker import train_hub
+
+    (alone,) = train("hub", tmp_path / "one", processes=1)
+    rank0, rank1 = train("hub", tmp_path / "two", processes=2)
+    other_seed = train_hub(seed=1)
+    assert set(alone) == {"hypernetwork", "ff", "pc_bp"}
+    for method in alone:
+        assert max_difference(rank0[method], rank1[method]) == 0.0, method  # replicas agree
+        assert max_difference(alone[method], rank0[method]) < 1e-5, method
+        assert max_difference(alone[method], other_seed[method]) > 0.05, method  # can fail
