@@ -59,7 +59,7 @@ import torch.nn.functional as F
 
 from bench.report import default_base_model_path, write_section
 from device_client.gateway_client import GatewayClient
-from device_client.head_guard import GuardSignal, HeadGuard
+from device_client.head_guard import SIGNALS, GuardSignal, HeadGuard
 from device_client.keyring import DeviceKeyring, PersonalizationSettings
 from device_client.state import DeviceState
 from server.gateway import build_grpc_server
@@ -436,6 +436,25 @@ def choose_guard_rule(
     return (best["signal"], best["slack"]), rows
 
 
+def guard_signal_correlation(hypernet: FoldedH, bundle, populations: list[DeviceSet]):
+    """Spearman rank correlation, over the validation guard cases, between each signal's
+    personalised − global difference on the window and the accuracy change Θ brings."""
+    from scipy.stats import spearmanr
+
+    head = bundle.model.fused_head
+    weight, bias = head.weight.detach().double(), head.bias.detach().double()
+    gains: list[float] = []
+    differences: dict[str, list[float]] = {name: [] for name in SIGNALS}
+    for case in guard_cases(hypernet, populations):
+        z, y, theta = case["z"], case["y"], torch.from_numpy(case["theta"])
+        personal, global_ = personalised_logits(z, theta, hypernet.classes), z @ weight.T + bias
+        gains.append(accuracy(personal, y) - accuracy(global_, y))
+        window = slice(0, WINDOW)
+        for name, signal in SIGNALS.items():
+            differences[name].append(signal(personal[window]) - signal(global_[window]))
+    return {name: float(spearmanr(values, gains).statistic) for name, values in differences.items()}
+
+
 def window_indices(window: np.ndarray, alpha: float) -> Callable[[int], np.ndarray]:
     chosen = top_alpha_channels(channel_importance(window), alpha)
     return lambda _i: chosen
@@ -642,6 +661,7 @@ def main() -> None:
     )
     print("choosing the device guard's rule on validation devices ...", flush=True)
     guard_rule, guard_sweep = choose_guard_rule(hypernet, bundle, [val, val_hard])
+    guard_correlation = guard_signal_correlation(hypernet, bundle, [val, val_hard])
     guards = {
         "guarded": {
             "signal": guard_rule[0],
@@ -690,6 +710,7 @@ def main() -> None:
     results["guard_validation_sweep"] = guard_sweep
     results["guard_rule"] = {"signal": guard_rule[0], "slack": guard_rule[1]}
     results["guard_rule_old"] = {"signal": OLD_GUARD_RULE[0], "slack": OLD_GUARD_RULE[1]}
+    results["guard_signal_rank_correlation"] = guard_correlation
     results["guard_validation_devices"] = {
         "standard": len(val.profiles),
         "hard": [p.name for p in val_hard.profiles],
@@ -866,7 +887,14 @@ def guard_markdown(results: dict) -> str:
         "families; each with its own Θ and with the next device's Θ — an H wrong for the "
         "camera. Criterion fixed beforehand: best mean accuracy over all cases among rules "
         "leaving no case > 1 point below global; ties → stricter). Chosen: "
-        f"**{_rule(results['guard_rule'])}**; old device rule: {_rule(results['guard_rule_old'])}.",
+        f"**{_rule(results['guard_rule'])}**; old device rule: {_rule(results['guard_rule_old'])}. "
+        "Spearman rank correlation between a signal's personalised − global difference on the "
+        "window and the accuracy change Θ brings, over the same cases: "
+        + ", ".join(
+            f"{name} {value:+.2f}"
+            for name, value in results.get("guard_signal_rank_correlation", {}).items()
+        )
+        + ".",
         "",
         "| signal | slack | val acc (all) | own Θ | other device's Θ | worst Δ vs global "
         "| kept own / other |",
