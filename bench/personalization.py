@@ -26,6 +26,12 @@ Without ``--base-model`` the latest registered base model of ``$SECDOOD_DATA_DIR
    severities 4–5 (:func:`shared.data.device_shifts.hard_evaluation_profiles`), because
    most devices of the first population are single shifts the base model shrugs off.
    Both blocks report the gap to fine-tuning and the worst device against the global head.
+6. **Device guard rule** (signal and slack of :mod:`device_client.head_guard`) chosen on
+   validation only: the validation devices plus harder validation devices (validation
+   families drawn like the harder test population), each with its own Θ and with another
+   device's Θ; test devices report the old rule (msp, 0.05) beside the chosen one.
+7. **Per-sample mode** of the same H (one Θ per clip) beside per-device mode on the seen
+   devices.
 
 The ``device`` H gives one Θ per device from the window mean (per-device mode); the
 paper's H one Θ per clip. Energy and MSP score the logits. Accuracy/AUROC numbers use

@@ -41,8 +41,9 @@ GuardMode = Literal["fallback", "blend"]
 GuardSignal = Literal["msp", "information"]
 GUARD_SIGNALS: tuple[GuardSignal, ...] = ("msp", "information")
 
-#: refresh-time signal and slack the device uses: chosen on validation devices by
-#: ``bench/personalization.py`` (``choose_guard_rule``)
+#: refresh-time signal and slack the device uses: chosen on validation devices (standard
+#: and harder ones, own and other devices' Θ) by ``bench/personalization.py``
+#: (``choose_guard_rule``; it tied with msp 0.1 and no check there, the stricter kept)
 GUARD_SIGNAL: GuardSignal = "information"
 CONFIDENCE_SLACK = 0.05
 
