@@ -60,7 +60,7 @@ LEVELS = {"full": (1, 4, 16, 64), "quick": (1, 4, 16)}
 #: requests per device and level: at least this many, and at least 64 per level in total
 MIN_PER_DEVICE = {"full": 4, "quick": 2}
 MIN_PER_LEVEL = {"full": 64, "quick": 24}
-#: room for 64 parsed contexts (≈ 19 MB each): a deployment sizes this to its fleet
+#: room for 64 parsed contexts (≈ 26 MiB each): a deployment sizes this to its fleet
 CONTEXT_CACHE_BYTES = 2048 * 1024 * 1024
 
 

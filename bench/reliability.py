@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import re
 import subprocess
 import sys
@@ -51,6 +52,10 @@ from bench.report import RESULTS, markdown_table, write_json, write_section
 from bench.service import bench_settings, infer_body, load_artifact, register_artifact, serve
 from device_client.gateway_client import GatewayClient
 from device_client.retry import RetryPolicy
+from server.ckks_matmul import EvaluationKeys, parsed_bytes_limit
+from server.gateway.server import MAX_MESSAGE_BYTES
+from server.personalization import MAX_ENCODED_ROWS_BYTES
+from server.settings import Settings
 from shared.he import CKKSParams, create_context, encrypt_selected, public_context_bytes
 from shared.hypernet import HyperNetwork, HyperNetworkConfig, hypernet_state
 from shared.model_names import HYPERNETWORK
@@ -61,11 +66,15 @@ from shared.rpc import gateway_pb2, gateway_pb2_grpc
 LOAD_PARAMS = CKKSParams(poly_modulus_degree=4096, coeff_mod_bit_sizes=(40, 20, 40), scale_bits=20)
 KEY_SETS = 10
 ALPHA = 0.25
-#: memory configuration of the server under test (the RSS bound is computed from it)
-CACHE_BYTES = 256 * 1024 * 1024
+#: memory configuration of the server under test (the RSS bound is computed from it);
+#: the cache holds about 30 parsed N = 4096 contexts (12.4 MiB each by its estimate)
+CACHE_BYTES = 384 * 1024 * 1024
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024
 DATA_STREAMS = 16
 REST_CLIENTS = 4
+#: what the serving process holds per open gRPC connection at most before its calls are
+#: admitted (HTTP/2's initial flow-control window); not capped by a setting
+GRPC_WINDOW_BYTES = 64 * 1024
 #: the whole load phase must finish within this (seconds); unfinished devices count as lost
 LOAD_DEADLINE_S = 900.0
 DEVICE_RETRY = RetryPolicy(attempts=30, base_s=0.25, max_s=4.0)
@@ -185,6 +194,7 @@ class _Device:
         self.embed_dim = embed_dim
         self.times: dict[str, float] = {}
         self.retries = 0
+        self.enrol_retries = 0
         self.error: str | None = None
 
     def run(self) -> None:
@@ -194,6 +204,7 @@ class _Device:
                 started = time.perf_counter()
                 client.enroll(self.key, f"load-{self.index}", {"hardware": "bench"})
                 self.times["enrol"] = time.perf_counter() - started
+                self.enrol_retries = client.retries
                 started = time.perf_counter()
                 client.upload_context(self.public)
                 self.times["upload"] = time.perf_counter() - started
@@ -266,6 +277,7 @@ def run_load(service, devices: int, embed_dim: int, rows: np.ndarray) -> dict[st
         "lost_devices": devices - len(completed),
         "errors": sorted({d.error for d in fleet if d.error})[:5],
         "device_retries": sum(d.retries for d in fleet),
+        "enrol_retries": sum(d.enrol_retries for d in fleet),
         "wall_s": wall_s,
         "phases": {
             phase: _percentiles([d.times[phase] for d in fleet if phase in d.times])
@@ -318,13 +330,75 @@ def run_fuzz() -> dict[str, Any]:
 # -- report -----------------------------------------------------------------------------------
 
 
-#: copies of a payload one data call may hold: the received bytes and the parsed context
-COPIES_PER_CALL = 2
+# -- memory bound ------------------------------------------------------------------------------
 
 
-def rss_bound(baseline_rss: int) -> int:
-    """Worst case by configuration: baseline + context cache + every data call's copies."""
-    return baseline_rss + CACHE_BYTES + DATA_STREAMS * COPIES_PER_CALL * MAX_UPLOAD_BYTES
+def _hwm_growth(work: Any, *args: Any) -> int:
+    """Peak RSS growth (bytes) of ``work(*args)`` in this process."""
+    before = _rss_bytes(os.getpid(), "VmHWM")
+    work(*args)
+    return _rss_bytes(os.getpid(), "VmHWM") - before
+
+
+def _calibrate(context_bytes: bytes, upload_cap: int) -> dict[str, float]:
+    """Child-process measurements: memory a parsed context keeps (RSS growth per context
+    while eight are kept) and the peak growth of parsing a JSON body."""
+    from server.rest.inputs import parse_json_body
+    from server.rest.schemas import InferenceRequest
+
+    EvaluationKeys.from_public_context(context_bytes)  # first-use costs (tables, pools)
+    before = _rss_bytes(os.getpid(), "VmRSS")
+    parsed = [EvaluationKeys.from_public_context(context_bytes) for _ in range(8)]
+    growth = _rss_bytes(os.getpid(), "VmRSS") - before
+    values = (upload_cap - 200) // 4  # the densest JSON of numbers: "0.0," per value
+    head = {"name": "features", "shape": [values, 1], "datatype": "FP32", "data": []}
+    body = json.dumps({"inputs": [head]}).replace("[]", "[" + ",".join(["0.0"] * values) + "]")
+    body = body.encode()
+    json_growth = _hwm_growth(parse_json_body, body, InferenceRequest, "inference request")
+    return {
+        "context_rss_bytes": growth / len(parsed),
+        "context_estimate_bytes": parsed[0].nbytes,
+        "json_body_bytes": len(body),
+        "json_expansion": json_growth / len(body),
+    }
+
+
+def calibrate(context_bytes: bytes, upload_cap: int) -> dict[str, float]:
+    """:func:`_calibrate` in a fresh process (so earlier allocations do not hide the growth)."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(_calibrate, (context_bytes, upload_cap))
+
+
+def memory_terms(
+    settings: Settings, baseline: int, devices: int, json_expansion: float
+) -> dict[str, int]:
+    """The server's worst case by configuration, term by term (bytes); their sum is the bound.
+
+    Each term is a cap times the most one unit may hold. A parsed context takes
+    at most :func:`~server.ckks_matmul.parsed_bytes_limit` of its upload (sized
+    before SEAL allocates, refused otherwise); a data call holds its upload, the
+    protobuf message's copy of it and the Galois-key bytes copied out of that,
+    and while SEAL loads them its decompression buffer and the keys. Every
+    admitted scoring request holds its body and the parsed body
+    (``json_expansion`` × the body: measured, not enforced).
+    """
+    upload = settings.max_upload_bytes
+    parsed = parsed_bytes_limit(upload)
+    data_calls = settings.grpc_max_data_streams
+    scoring = settings.rest_concurrent_scoring
+    return {
+        "baseline (RSS after start, measured)": baseline,
+        "parsed-context cache (`context_cache_bytes`)": settings.context_cache_bytes,
+        "encoded-rows cache": MAX_ENCODED_ROWS_BYTES,
+        f"{data_calls} data calls × (3 upload copies + 2 × parsed context)": data_calls
+        * (3 * upload + 2 * parsed),
+        f"{data_calls} gRPC messages in flight": data_calls * MAX_MESSAGE_BYTES,
+        f"{devices} connections × HTTP/2 window": devices * GRPC_WINDOW_BYTES,
+        f"{scoring} scoring requests × body × (1 + {json_expansion:.0f} parsed)": int(
+            scoring * upload * (1 + json_expansion)
+        ),
+    }
 
 
 def render(result: dict[str, Any]) -> str:
@@ -346,7 +420,8 @@ def render(result: dict[str, Any]) -> str:
         f"{load['context_bytes'] / mib:.1f} MiB public context → personalise one encrypted "
         f"embedding (α = {ALPHA}), with {REST_CLIENTS} REST clients scoring meanwhile. "
         f"Completed {load['completed']}/{load['devices']} devices, lost {load['lost_devices']}, "
-        f"{load['device_retries']} overload retries; REST {load['rest']['requests']} scored, "
+        f"{load['device_retries']} overload retries ({load['enrol_retries']} of them "
+        f"enrolments); REST {load['rest']['requests']} scored, "
         f"lost {load['rest']['lost']}, statuses {load['rest']['statuses']}. Wall "
         f"{load['wall_s']:.0f} s.",
         "",
@@ -366,13 +441,21 @@ def render(result: dict[str, Any]) -> str:
     lines.append(markdown_table(["phase", "n", "p50 ms", "p95 ms"], rows))
     lines += [
         "",
-        f"Server peak RSS {result['peak_rss_bytes'] / mib:.0f} MiB (baseline after start "
-        f"{result['baseline_rss_bytes'] / mib:.0f} MiB); bound by configuration "
-        f"{result['rss_bound_bytes'] / mib:.0f} MiB = baseline + cache + {DATA_STREAMS} data "
-        f"calls × {COPIES_PER_CALL} copies × {MAX_UPLOAD_BYTES // mib} MiB "
-        f"({'within' if result['peak_rss_bytes'] <= result['rss_bound_bytes'] else 'OVER'} "
-        "the bound; allocator pools — SEAL's and glibc's — keep freed memory, so the peak "
-        "is the high-water mark of concurrent work).",
+        f"**Memory**: server peak RSS (VmHWM) {result['peak_rss_bytes'] / mib:.0f} MiB, "
+        f"{'within' if result['peak_rss_bytes'] <= result['rss_bound_bytes'] else 'OVER'} "
+        f"the bound by configuration of {result['rss_bound_bytes'] / mib:.0f} MiB, the sum of:",
+        "",
+    ]
+    terms = [[name, f"{size / mib:.0f}"] for name, size in result["memory_terms"].items()]
+    lines.append(markdown_table(["term", "MiB"], terms))
+    calibration = result["calibration"]
+    lines += [
+        "",
+        f"Measured in a fresh process for those terms: a parsed {load['context_bytes'] / mib:.1f}"
+        f" MiB context takes {calibration['context_rss_bytes'] / mib:.1f} MiB of RSS (the "
+        f"cache budgets it at {calibration['context_estimate_bytes'] / mib:.1f} MiB); a "
+        f"{calibration['json_body_bytes'] / mib:.0f} MiB JSON scoring body of `0.0` values "
+        f"grows RSS by {calibration['json_expansion']:.1f} × its size while parsed.",
     ]
     if result.get("fuzz"):
         when = result["fuzz_date"]
@@ -414,13 +497,19 @@ def main(argv: list[str] | None = None) -> int:
             stall = run_stall(service.grpc_target, service.enrollment_key, probes=20)
             load = run_load(service, devices, config.embed_dim, rows)
             peak = _rss_bytes(pid, "VmHWM")
+    calibration = calibrate(
+        public_context_bytes(create_context(LOAD_PARAMS)), settings.max_upload_bytes
+    )
+    terms = memory_terms(settings, baseline, devices, calibration["json_expansion"])
     result: dict[str, Any] = {
         "model": source,
         "stall": stall,
         "load": load,
         "baseline_rss_bytes": baseline,
         "peak_rss_bytes": peak,
-        "rss_bound_bytes": rss_bound(baseline),
+        "memory_terms": terms,
+        "rss_bound_bytes": sum(terms.values()),
+        "calibration": calibration,
     }
     if args.fuzz:
         result["fuzz"], result["fuzz_date"] = run_fuzz(), time.strftime("%Y-%m-%d")

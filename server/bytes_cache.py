@@ -1,6 +1,6 @@
 """A least-recently-used cache bounded by the bytes its entries take, not by their count.
 
-Parsed HE contexts (≈ 19 MB each at N = 8192) and encoded plaintext diagonals
+Parsed HE contexts (≈ 26 MiB each at N = 8192) and encoded plaintext diagonals
 (≈ 4 MB per selection) differ in size by parameter set, so a count limit says
 nothing about memory; this one does.
 """

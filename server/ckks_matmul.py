@@ -27,8 +27,49 @@ import numpy as np
 import tenseal.sealapi as seal
 from google.protobuf.message import DecodeError
 
-from server.ckks_wire import CKKSVectorProto, TenSEALContextProto, seal_load, seal_save
+from server.ckks_wire import (
+    CKKSVectorProto,
+    TenSEALContextProto,
+    seal_load,
+    seal_loaded_size,
+    seal_save,
+)
 from shared.he import FOREIGN_CIPHERTEXT
+
+#: memory of one parsed context beyond its keys (SEALContext NTT/RNS tables per level,
+#: Galois permutation tables, encoder, evaluator), per coefficient × prime: measured
+#: 247 B at N = 4096 and 8192 with 3 primes (RSS per parsed context), plus 30 % margin
+CONTEXT_TABLE_BYTES_PER_COEFF_PRIME = 320
+
+
+#: a context may take at most this many times its serialised size in memory once parsed
+#: (key material is uniform modulo its primes, stored in 8-byte words: with primes of
+#: 20 bits or more it compresses less than 64/20 = 3.2 x; measured 1.85 x at N = 4096
+#: [40, 20, 40] and 1.4 x at N = 8192 [60, 40, 60]) ...
+MAX_PARSED_PER_SERIALISED_BYTE = 4
+#: ... or this much, whichever is more (the tables of a small context without Galois keys)
+MIN_PARSED_ALLOWANCE_BYTES = 32 * 1024 * 1024
+
+
+def parsed_bytes_limit(serialised_bytes: int) -> int:
+    """The most memory a context of ``serialised_bytes`` may take once parsed."""
+    return max(MAX_PARSED_PER_SERIALISED_BYTE * serialised_bytes, MIN_PARSED_ALLOWANCE_BYTES)
+
+
+def context_table_bytes(degree: int, primes: int) -> int:
+    """Memory of a parsed context's own tables (SEALContext, encoder, evaluator)."""
+    return CONTEXT_TABLE_BYTES_PER_COEFF_PRIME * degree * primes
+
+
+def parsed_context_bytes(degree: int, primes: int, galois_keys: int) -> int:
+    """Memory a parsed public context takes (an upper estimate; the cache budgets by it).
+
+    Each switching key (``galois_keys`` of them plus the relinearisation key) is
+    (primes − 1) ciphertexts of 2 polynomials × ``primes`` × N coefficients ×
+    8 bytes; the context's own tables grow with N × primes.
+    """
+    keys = (galois_keys + 1) * (primes - 1) * 2 * primes * degree * 8
+    return keys + context_table_bytes(degree, primes)
 
 
 class PrivateContextError(ValueError):
@@ -63,8 +104,9 @@ class EvaluationKeys:
         """Parse ``Context.serialize()`` of a *public* CKKS context with Galois keys.
 
         ValueError if the bytes are not a TenSEAL context, are not CKKS, or break
-        SEAL's 128-bit security bound; :class:`PrivateContextError` if they hold a
-        secret key.
+        SEAL's 128-bit security bound, or would take more memory parsed than
+        :func:`parsed_bytes_limit` allows; :class:`PrivateContextError` if they
+        hold a secret key.
         """
         try:
             message = TenSEALContextProto.FromString(data)
@@ -74,13 +116,25 @@ class EvaluationKeys:
             raise PrivateContextError(
                 "context holds a secret key; the cloud accepts only public contexts"
             )
+        limit = parsed_bytes_limit(len(data))
         parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
         try:
+            if seal_loaded_size(message.encryption_parameters, limit) > limit:
+                raise ValueError("encryption parameters expand past the limit")
             seal_load(parms, message.encryption_parameters)
         except Exception as error:  # SEAL raises on bad or non-CKKS parameters
             raise _not_a_context(error) from None
         if parms.scheme() != seal.SCHEME_TYPE.CKKS:
             raise ValueError(f"context uses the {parms.scheme().name} scheme; CKKS is needed")
+        galois = message.public_context.galois_keys
+        _check_parsed_size(parms, galois, len(data), limit)
+        scale = message.public_context.scale
+        del message  # its copy of the upload
+        return cls._load(parms, galois, scale)
+
+    @classmethod
+    def _load(cls, parms: seal.EncryptionParameters, galois: bytes, scale: float) -> EvaluationKeys:
+        """The SEAL objects of a checked context (``scale`` 0: the default for its primes)."""
         context = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
         if not context.parameters_set():
             raise ValueError(
@@ -88,16 +142,15 @@ class EvaluationKeys:
                 f"{context.parameters_error_message()}"
             )
         galois_keys = seal.GaloisKeys()  # without them only a 1-row product works
-        if message.public_context.galois_keys:
+        if galois:
             try:
-                seal_load(galois_keys, message.public_context.galois_keys, context)
+                seal_load(galois_keys, galois, context)
             except Exception as error:
                 raise _not_a_context(f"unreadable Galois keys ({error})") from None
         degree = parms.poly_modulus_degree()
         bits = tuple(prime.bit_count() for prime in parms.coeff_modulus())
-        # each key: (data primes) × 2 polynomials × (all primes) × N coefficients × 8 bytes
-        nbytes = (galois_keys.size() + 1) * (len(bits) - 1) * 2 * len(bits) * degree * 8
-        scale = message.public_context.scale or 2.0 ** bits[min(1, len(bits) - 1)]
+        nbytes = parsed_context_bytes(degree, len(bits), galois_keys.size())
+        scale = scale or 2.0 ** bits[min(1, len(bits) - 1)]
         return cls(
             context,
             galois_keys,
@@ -106,6 +159,25 @@ class EvaluationKeys:
             (degree, bits),
             scale,
             nbytes,
+        )
+
+
+def _check_parsed_size(
+    parms: seal.EncryptionParameters, galois_keys: bytes, serialised_bytes: int, limit: int
+) -> None:
+    """Refuse, before SEAL allocates anything, a context that would not fit ``limit`` parsed."""
+    tables = context_table_bytes(parms.poly_modulus_degree(), len(parms.coeff_modulus()))
+    keys = 0
+    if galois_keys:
+        try:
+            keys = seal_loaded_size(galois_keys, limit)
+        except ValueError as error:
+            raise _not_a_context(f"unreadable Galois keys ({error})") from None
+    if tables + keys > limit:
+        raise ValueError(
+            f"context would take more than {limit} bytes in memory once parsed "
+            f"({serialised_bytes} bytes serialised; the limit is "
+            f"{MAX_PARSED_PER_SERIALISED_BYTE} x that, at least {MIN_PARSED_ALLOWANCE_BYTES})"
         )
 
 

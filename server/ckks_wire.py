@@ -12,11 +12,14 @@ way ``sealapi`` reads and writes them.
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import zstandard
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 _Field = descriptor_pb2.FieldDescriptorProto
@@ -120,3 +123,49 @@ def seal_save(source: Any) -> bytes:
     with _scratch_file() as (fd, path):
         source.save(path)
         return os.pread(fd, os.fstat(fd).st_size, 0)
+
+
+#: SEAL's serialisation header: magic, header size, version, compression mode, size
+_SEAL_HEADER = struct.Struct("<HBBBBHQ")
+_SEAL_MAGIC = 0xA15E
+#: SEAL's compression modes (``seal::compr_mode_type``)
+_COMPRESSION_NONE, _COMPRESSION_ZLIB, _COMPRESSION_ZSTD = 0, 1, 2
+#: decompressed bytes looked at per step while sizing a SEAL object
+_SIZING_STEP = 1 << 20
+
+
+def seal_loaded_size(data: bytes, limit: int) -> int:
+    """The size of a SEAL-serialised object once decompressed, counted up to ``limit``.
+
+    What SEAL would allocate to load ``data`` (its objects are stored as they
+    sit in memory, then compressed): a small compressed blob can expand a
+    thousandfold, so this is asked *before* SEAL loads it. The decompressed
+    bytes are counted in 1 MiB steps and dropped, so sizing takes at most
+    that much memory; past ``limit`` it stops and returns a value above it.
+    ValueError if ``data`` is not a SEAL object.
+    """
+    if len(data) < _SEAL_HEADER.size:
+        raise ValueError("not a SEAL object: shorter than its header")
+    magic, header_size, _, _, mode, _, size = _SEAL_HEADER.unpack_from(data)
+    if magic != _SEAL_MAGIC or header_size != _SEAL_HEADER.size or size != len(data):
+        raise ValueError("not a SEAL object: bad header")
+    payload = memoryview(data)[header_size:]
+    if mode == _COMPRESSION_NONE:
+        return len(payload)
+    if mode == _COMPRESSION_ZLIB:
+        inflater = zlib.decompressobj()
+        counted, rest = 0, payload
+        while rest and counted <= limit:
+            counted += len(inflater.decompress(rest, _SIZING_STEP))
+            rest = inflater.unconsumed_tail
+        return counted
+    if mode == _COMPRESSION_ZSTD:
+        counted = 0
+        try:
+            with zstandard.ZstdDecompressor().stream_reader(payload) as reader:
+                while counted <= limit and (step := len(reader.read(_SIZING_STEP))):
+                    counted += step
+        except zstandard.ZstdError as error:
+            raise ValueError(f"not a SEAL object: {error}") from None
+        return counted
+    raise ValueError(f"not a SEAL object: unknown compression mode {mode}")

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     context_cache_bytes: int = Field(
         1024 * 1024 * 1024,
         gt=0,
-        description="memory for parsed device HE contexts (about 19 MB each at N = 8192, "
+        description="memory for parsed device HE contexts (about 26 MiB each at N = 8192, "
         "split evenly over HE workers); least recently used ones are dropped and re-read "
         "from the registry when needed",
     )

@@ -9,7 +9,10 @@ answering however the data RPCs are used:
   device, and ``Personalize`` (CKKS work: memory and CPU) ``max_he`` of those;
   telemetry has its own ``max_telemetry`` (it never waits behind HE work) and
   ``Enroll`` its own ``max_enroll``. One call more is refused at once
-  with ``RESOURCE_EXHAUSTED`` and trailing metadata ``retry-after-ms``;
+  with ``RESOURCE_EXHAUSTED`` and trailing metadata ``retry-after-ms`` — except
+  an enrolment, which first waits (up to ``enroll_wait_s``, at most
+  ``enroll_waiting`` of them) for a slot: enrolments are short, and a burst of
+  devices served in turn finishes sooner than one retrying after backoffs;
 - **reserved threads**: the pool is sized as the sum of the caps plus
   :data:`RESERVED_THREADS` (:func:`pool_size`), so health, reflection and the
   enrolment slots always find a free thread — a separate pool in effect;
@@ -59,9 +62,9 @@ RATE_GRACE_S = 5.0
 WATCH_INTERVAL_S = 0.2
 
 
-def pool_size(max_data: int, max_telemetry: int, max_enroll: int) -> int:
+def pool_size(max_data: int, max_telemetry: int, max_enroll: int, enroll_waiting: int = 0) -> int:
     """Threads the gRPC server needs so that the reserved ones stay free."""
-    return max_data + max_telemetry + max_enroll + RESERVED_THREADS
+    return max_data + max_telemetry + max_enroll + enroll_waiting + RESERVED_THREADS
 
 
 def overloaded(message: str) -> GatewayError:
@@ -83,13 +86,19 @@ class CallLimits:
         max_telemetry: int,
         max_enroll: int,
         max_he: int | None = None,
+        enroll_waiting: int = 0,
+        enroll_wait_s: float = 0.0,
     ):
         self.max_data = max_data
         self.max_he = max_data if max_he is None else max_he
         self.per_device = per_device
         self.max_telemetry = max_telemetry
         self.max_enroll = max_enroll
+        self.enroll_waiting = enroll_waiting
+        self.enroll_wait_s = enroll_wait_s
         self._lock = threading.Lock()
+        self._enroll_slot_free = threading.Condition(self._lock)
+        self._enroll_waiters = 0
         self._data = 0
         self._telemetry = 0
         self._enroll = 0
@@ -120,8 +129,7 @@ class CallLimits:
                     raise overloaded(f"{self.max_telemetry} telemetry calls in flight, the limit")
                 self._telemetry += 1
             elif method == ENROLL_METHOD:
-                if self._enroll >= self.max_enroll:
-                    raise overloaded(f"{self.max_enroll} enrolments in flight, the limit")
+                self._wait_for_enrolment_slot()
                 self._enroll += 1
         released = threading.Event()
 
@@ -141,8 +149,28 @@ class CallLimits:
                     self._telemetry -= 1
                 elif method == ENROLL_METHOD:
                     self._enroll -= 1
+                    self._enroll_slot_free.notify()
 
         return release
+
+    def _wait_for_enrolment_slot(self) -> None:
+        """Return once an enrolment slot is free (lock held); refuse if the wait is full or long."""
+        if self._enroll < self.max_enroll:
+            return
+        if self._enroll_waiters >= self.enroll_waiting:
+            raise overloaded(
+                f"{self.max_enroll} enrolments in flight and {self.enroll_waiting} waiting, "
+                "the limit"
+            )
+        self._enroll_waiters += 1
+        try:
+            free = self._enroll_slot_free.wait_for(
+                lambda: self._enroll < self.max_enroll, timeout=self.enroll_wait_s
+            )
+        finally:
+            self._enroll_waiters -= 1
+        if not free:
+            raise overloaded(f"no enrolment slot free within {self.enroll_wait_s:g} s")
 
     def in_flight(self) -> dict[str, int]:
         """Calls in flight by class (for logs and tests)."""

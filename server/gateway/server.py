@@ -29,8 +29,11 @@ from shared.rpc import gateway_pb2, gateway_pb2_grpc
 
 #: one 1 MiB chunk plus room for the protobuf framing and the sha256 on a first chunk
 MAX_MESSAGE_BYTES = CHUNK_BYTES + 64 * 1024
-#: concurrent enrolments (each a short database write)
+#: concurrent enrolments (each a short database write) ...
 MAX_ENROLMENTS = 4
+#: ... and enrolments that may wait for one of those slots, each at most this long (s)
+MAX_WAITING_ENROLMENTS = 16
+ENROLMENT_WAIT_S = 5.0
 
 
 def set_serving(health_servicer: health.HealthServicer, serving: bool) -> None:
@@ -85,13 +88,17 @@ def build_grpc_server(
         max_telemetry=settings.grpc_max_telemetry_calls,
         max_enroll=MAX_ENROLMENTS,
         max_he=settings.grpc_max_he_calls,
+        enroll_waiting=MAX_WAITING_ENROLMENTS,
+        enroll_wait_s=ENROLMENT_WAIT_S,
     )
     watchdog = StreamWatchdog(
         message_timeout_s=settings.grpc_message_timeout_s,
         stream_timeout_s=settings.grpc_stream_timeout_s,
         min_bytes_per_s=settings.grpc_min_upload_bytes_per_s,
     )
-    workers = pool_size(limits.max_data, limits.max_telemetry, limits.max_enroll)
+    workers = pool_size(
+        limits.max_data, limits.max_telemetry, limits.max_enroll, limits.enroll_waiting
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc-gateway"),
         # auth first (outermost): only admitted callers are counted against the caps;

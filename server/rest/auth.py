@@ -78,6 +78,21 @@ async def require_admin(request: Request) -> Role:
     return _authorize(request.app.state.service, presented_key(request), Role.ADMIN)
 
 
+def _api_routes(routes: list[Any]) -> list[APIRoute]:
+    """The API routes of ``routes``, including those of included routers.
+
+    Newer FastAPI releases keep an included router as one lazy entry (with its
+    ``original_router``) instead of copying its routes into the app's list.
+    """
+    found: list[APIRoute] = []
+    for route in routes:
+        if isinstance(route, APIRoute):
+            found.append(route)
+        elif hasattr(route, "original_router"):
+            found += _api_routes(route.original_router.routes)
+    return found
+
+
 def document_security(app: FastAPI) -> None:
     """List :data:`SECURITY_SCHEMES` in the app's OpenAPI, required by every keyed route."""
     generate = app.openapi
@@ -88,9 +103,7 @@ def document_security(app: FastAPI) -> None:
             return app.openapi_schema
         schema = generate()
         schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
-        for route in app.routes:
-            if not isinstance(route, APIRoute):
-                continue
+        for route in _api_routes(app.routes):
             if not any(dep.call in keyed for dep in route.dependant.dependencies):
                 continue
             for method in route.methods:

@@ -3,16 +3,22 @@
 A declared ``Content-Length`` over the cap is refused before any byte is read;
 every body (chunked ones included) is also counted while it streams in and
 refused the moment it passes the cap — so an oversized upload never fills memory or disk.
-Both answer 413 with ``{"error": ...}``. Before answering, the rest of the body
-is read and discarded (up to a bound, :data:`DRAIN_FACTOR` × the cap): closing
-a socket with unread data makes the kernel reset the connection, and the
-client would see "connection reset" instead of the 413 and its message.
+Both answer 413 with ``{"error": ...}``.
+
+The key check comes first, by construction: the refusal is raised from the
+body read itself, and every route reads its body only after its key
+dependency has admitted the caller. A request without a valid key gets its
+401/403 and the server reads none of its body, whatever size it declares.
+
+Before the 413, the rest of the body is read and discarded (up to a bound,
+:data:`DRAIN_FACTOR` × the cap): closing a socket with unread data makes the
+kernel reset the connection, and the client would see "connection reset"
+instead of the 413 and its message. Only an admitted caller gets that drain.
 """
 
 from __future__ import annotations
 
 from fastapi import HTTPException, status
-from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 #: an oversized body is drained up to this many times the cap, then the connection closes
@@ -31,8 +37,12 @@ async def _discard_rest(receive: Receive, limit: int) -> None:
             return
 
 
-def _too_large(limit: int) -> str:
-    return f"request body is larger than the server's limit of {limit} bytes"
+def _refusal(limit: int) -> HTTPException:
+    return HTTPException(
+        status.HTTP_413_CONTENT_TOO_LARGE,
+        f"request body is larger than the server's limit of {limit} bytes",
+        headers={"Connection": "close"},
+    )
 
 
 class BodySizeLimitMiddleware:
@@ -49,20 +59,15 @@ class BodySizeLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            response = JSONResponse(
-                {"error": _too_large(self.max_bytes)},
-                status_code=status.HTTP_413_CONTENT_TOO_LARGE,
-                headers={"Connection": "close"},
-            )
-            await _discard_rest(receive, DRAIN_FACTOR * self.max_bytes)
-            await response(scope, receive, send)
-            return
-
+        too_large = declared is not None and declared.isdigit() and int(declared) > self.max_bytes
         received = 0
 
         async def counting_receive() -> Message:
+            # First called when the route reads its body: after its key check.
             nonlocal received
+            if too_large:
+                await _discard_rest(receive, DRAIN_FACTOR * self.max_bytes)
+                raise _refusal(self.max_bytes)
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
@@ -70,9 +75,7 @@ class BodySizeLimitMiddleware:
                     if message.get("more_body", False):
                         await _discard_rest(receive, DRAIN_FACTOR * self.max_bytes)
                     # Raised inside the route's body read, so the app's handlers render it.
-                    raise HTTPException(
-                        status.HTTP_413_CONTENT_TOO_LARGE, _too_large(self.max_bytes)
-                    )
+                    raise _refusal(self.max_bytes)
             return message
 
         await self.app(scope, counting_receive, send)
