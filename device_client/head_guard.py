@@ -5,13 +5,22 @@ has no labels to notice. Two label-free checks, each a handful of matrix product
 embeddings the device already has:
 
 1. **At refresh** (:meth:`HeadGuard.refresh`): on the window Θ was computed from, the
-   personalised head must be at least as confident as the global head — mean maximum
-   softmax probability ``msp(Θ) ≥ msp(global) − confidence_slack − k·SE``, where SE is the
-   standard error of the per-clip differences msp(Θ) − msp(global) on the window and
-   ``k = confidence_standard_errors`` (0: the plain slack rule). A head that makes the
-   device's own recent clips *less* certain than the untouched global head has most
-   likely moved the decision boundaries the wrong way; the guard then falls back to the
-   global head until the next refresh.
+   personalised head must score at least as well as the global head on a label-free
+   signal, ``signal(Θ) ≥ signal(global) − confidence_slack``; otherwise the guard falls
+   back to the global head until the next refresh. Two signals:
+
+   - ``"msp"``: mean maximum softmax probability. A head that makes the device's own
+     clips less certain has likely moved the boundaries the wrong way — but on a heavily
+     shifted camera *both* heads are unsure, and the rule then rejects heads that help.
+   - ``"information"``: mean confidence *and* spread of the decisions, the mutual
+     information ``H(mean p) − mean H(p)`` between clip and predicted class, divided by
+     ``log C`` (0 … 1). A head that is wrong for the camera tends to pile clips onto a few
+     classes (low ``H(mean p)``), even when it is confident; one that reads the camera
+     right is sure *and* uses all classes the window holds.
+
+   With ``"msp"`` the check may also allow ``k = confidence_standard_errors`` standard
+   errors of the per-clip difference msp(Θ) − msp(global) on the window (0: the plain
+   slack rule), so a check on a few clips tolerates more noise than one on a full window.
 2. **Between refreshes** (:meth:`HeadGuard.logits`): the fraction of clips on which the
    personalised and global heads pick different classes is recorded at refresh; when, on
    the current window, it exceeds that reference by more than ``disagreement_margin``,
@@ -24,7 +33,7 @@ Costs: two [W, D] × [D, C] products per check (W = window, C = classes); no net
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -33,14 +42,17 @@ import torch
 from shared.hypernet import personalised_logits
 
 GuardMode = Literal["fallback", "blend"]
+GuardSignal = Literal["msp", "information"]
+GUARD_SIGNALS: tuple[GuardSignal, ...] = ("msp", "information")
 
-#: refresh-time confidence slack the device uses: chosen on validation devices by
-#: ``bench/personalization.py`` (``choose_guard_slack``; slack 0 hurt, 0.05 = best mean)
+#: refresh-time signal and slack the device uses: chosen on validation devices (standard
+#: and harder ones, own and other devices' Θ) by ``bench/personalization.py``
+#: (``choose_guard_rule``; it tied with msp 0.1 and no check there, the stricter kept)
+GUARD_SIGNAL: GuardSignal = "information"
 CONFIDENCE_SLACK = 0.05
-#: standard errors of the per-clip confidence difference the check allows on top of the
-#: slack (a restored Θ is re-checked on the first few clips of a run, where one unlucky
-#: batch must not send it back to the global head); chosen on validation devices by
-#: ``bench/personal_threshold.py`` (run-path sweep)
+#: standard errors of the per-clip msp difference the msp check allows on top of the slack;
+#: evaluated on validation devices by ``bench/personal_threshold.py`` (run-path sweep):
+#: no setting changed a run's outcome, so the plain slack rule is kept
 CONFIDENCE_STANDARD_ERRORS = 0.0
 
 
@@ -54,11 +66,27 @@ class GuardState:
     global_weight: float
     msp_personalised: float
     msp_global: float
+    signal: GuardSignal = "msp"
+    score_personalised: float = 0.0
+    score_global: float = 0.0
 
 
 def mean_msp(logits: torch.Tensor) -> float:
     """Mean maximum softmax probability of logits [N, C]."""
     return float(torch.softmax(logits, dim=1).max(dim=1).values.mean())
+
+
+def information(logits: torch.Tensor) -> float:
+    """Mutual information between clip and predicted class, ``H(mean p) − mean H(p)``,
+    over ``log C`` (1: every clip certain and the classes used evenly)."""
+    p = torch.softmax(logits.double(), dim=1)
+    mean_entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(1).mean()
+    marginal = p.mean(0)
+    marginal_entropy = -(marginal * torch.log(marginal.clamp_min(1e-12))).sum()
+    return float((marginal_entropy - mean_entropy) / np.log(logits.shape[1]))
+
+
+SIGNALS = {"msp": mean_msp, "information": information}
 
 
 def msp_difference_se(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -85,10 +113,13 @@ class HeadGuard:
         mode: GuardMode = "fallback",
         confidence_slack: float = 0.0,
         disagreement_margin: float = 0.15,
+        signal: GuardSignal = GUARD_SIGNAL,
         confidence_standard_errors: float = 0.0,
     ) -> None:
         if mode not in ("fallback", "blend"):
             raise ValueError(f"mode must be 'fallback' or 'blend', got {mode!r}")
+        if signal not in SIGNALS:
+            raise ValueError(f"signal must be one of {sorted(SIGNALS)}, got {signal!r}")
         if weight.ndim != 2 or bias.shape != (weight.shape[0],):
             raise ValueError(
                 f"global head must be weight [C, D] and bias [C], got {list(weight.shape)} "
@@ -101,6 +132,7 @@ class HeadGuard:
         self.weight = weight.double()
         self.bias = bias.double()
         self.mode: GuardMode = mode
+        self.signal: GuardSignal = signal
         self.confidence_slack = confidence_slack
         self.disagreement_margin = disagreement_margin
         self.confidence_standard_errors = confidence_standard_errors
@@ -121,12 +153,26 @@ class HeadGuard:
         self._theta = torch.as_tensor(np.asarray(theta, dtype=np.float64))
         personal, global_ = self._both(window)
         msp_p, msp_g = mean_msp(personal), mean_msp(global_)
-        allowance = self.confidence_slack + self.confidence_standard_errors * msp_difference_se(
-            personal, global_
-        )
-        trusted = bool(msp_p >= msp_g - allowance)
+        # how decisions spread says nothing on fewer clips than classes (one clip: 0 for
+        # every head), so such a window (a restored Θ's first clips) is judged by confidence
+        signal = self.signal if len(personal) >= personal.shape[1] else "msp"
+        score_p, score_g = SIGNALS[signal](personal), SIGNALS[signal](global_)
+        allowance = self.confidence_slack
+        if signal == "msp":
+            allowance += self.confidence_standard_errors * msp_difference_se(personal, global_)
+        trusted = bool(score_p >= score_g - allowance)
         rate = disagreement(personal, global_)
-        self.state = GuardState(trusted, rate, rate, 0.0 if trusted else 1.0, msp_p, msp_g)
+        self.state = GuardState(
+            trusted,
+            rate,
+            rate,
+            0.0 if trusted else 1.0,
+            msp_p,
+            msp_g,
+            self.signal,
+            score_p,
+            score_g,
+        )
         return self.state
 
     def global_weight(self, window: np.ndarray | torch.Tensor) -> float:
@@ -142,14 +188,7 @@ class HeadGuard:
             weight = 1.0 if excess > 0 else 0.0
         else:
             weight = float(np.clip(excess / self.disagreement_margin, 0.0, 1.0))
-        self.state = GuardState(
-            True,
-            self.state.reference_disagreement,
-            rate,
-            weight,
-            self.state.msp_personalised,
-            self.state.msp_global,
-        )
+        self.state = replace(self.state, disagreement=rate, global_weight=weight)
         return weight
 
     def logits(

@@ -159,8 +159,8 @@ def _guard_line(guard) -> str:
     state = guard.state
     verdict = "keeps the personalised head" if state.trusted else "would serve the global head"
     return (
-        f"guard: {verdict} (mean max-softmax on the window {state.msp_personalised:.3f} "
-        f"personalised vs {state.msp_global:.3f} global, slack {CONFIDENCE_SLACK})"
+        f"guard: {verdict} ({state.signal} on the window {state.score_personalised:.3f} "
+        f"personalised vs {state.score_global:.3f} global, slack {CONFIDENCE_SLACK})"
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.personalization import HEADS, unseen_block, unseen_markdown
+from bench.personalization import HEADS, guard_markdown, unseen_block, unseen_markdown
 
 
 def _row(acc: float, near: float, far: float) -> dict[str, float]:
@@ -36,3 +36,40 @@ def test_unseen_block_reports_gap_to_finetuning_and_the_worst_device():
     text = unseen_markdown(block)
     assert "| gap: fine-tuned − SecDOOD | +0.175 |" in text
     assert "-0.050 (b@5)" in text
+
+
+def test_guard_markdown_shows_the_sweep_and_old_vs_new_decisions_per_device():
+    device = {
+        "shift": "a@4",
+        "global": {"id_acc": 0.2, "near_auroc": 0.5},
+        "personalised": {"id_acc": 0.4, "near_auroc": 0.6},
+    }
+    results = {
+        "guard_rule": {"signal": "information", "slack": 0.05},
+        "guard_rule_old": {"signal": "msp", "slack": 0.05},
+        "guard_signal_rank_correlation": {"msp": 0.06, "information": 0.5},
+        "guard_validation_devices": {"standard": 16, "hard": ["x", "y"]},
+        "guard_validation_sweep": [
+            {
+                "signal": "msp",
+                "slack": None,
+                "val_accuracy": 0.9,
+                "val_accuracy_own": 0.95,
+                "val_accuracy_other": 0.85,
+                "worst_delta": -0.1,
+                "kept_own": 3,
+                "kept_other": 3,
+                "cases_per_kind": 3,
+            }
+        ],
+        "unseen_hard": {
+            "guarded_old": {},
+            "devices": [device],
+            "guard": [{"guarded_old": {"trusted": False}, "guarded": {"trusted": True}}],
+        },
+    }
+    text = guard_markdown(results)
+    assert "Chosen: **information, slack 0.05**; old device rule: msp, slack 0.05" in text
+    assert "information +0.50" in text and "| msp | no check | 0.9000 |" in text
+    assert "old guard kept 0 of 1, chosen rule kept 1 of 1" in text
+    assert "| a@4 | no / yes | 0.200 / 0.400 |" in text

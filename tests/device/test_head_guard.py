@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from device_client.head_guard import HeadGuard, disagreement
+from device_client.head_guard import HeadGuard, disagreement, information
 
 D, C = 6, 3
 
@@ -79,7 +79,42 @@ def test_bad_use_is_refused():
     assert disagreement(torch.eye(3), torch.eye(3)) == 0.0
 
 
-def test_the_confidence_allowance_grows_with_the_standard_error_of_the_window():
+def test_information_rejects_a_confident_head_that_piles_clips_onto_one_class():
+    weight, bias = _head()
+    collapsed = torch.zeros(C, D)
+    collapsed[0] = 1.0  # every clip → class 0, with high confidence
+    theta = _theta(collapsed * 8.0, torch.tensor([6.0, 0.0, 0.0]))
+    window = _clips(60)
+    by_msp = HeadGuard(weight, bias, signal="msp").refresh(window, theta)
+    by_information = HeadGuard(weight, bias, signal="information").refresh(window, theta)
+    assert by_msp.trusted and by_msp.msp_personalised > by_msp.msp_global
+    assert not by_information.trusted
+    assert by_information.score_personalised < 0.2 < by_information.score_global
+
+
+def test_information_keeps_an_unsure_head_that_reads_a_shifted_camera_right():
+    weight, bias = _head()
+    window = _clips(60)
+    window[:, C : 2 * C] += window[:, :C]  # the camera moves the class channels elsewhere ...
+    window[:, :C] *= 0.1
+    window[:, 0] += 2.0  # ... and adds a cast the global head reads as class 0, confidently
+    right = torch.zeros(C, D)
+    right[:, C : 2 * C] = torch.eye(C) * 1.5  # unsure but right on the moved channels
+    state = HeadGuard(weight, bias, signal="information").refresh(window, _theta(right, bias))
+    by_msp = HeadGuard(weight, bias, signal="msp").refresh(window, _theta(right, bias))
+    assert state.trusted and state.score_personalised > state.score_global
+    assert not by_msp.trusted and by_msp.msp_global > by_msp.msp_personalised + 0.1
+
+
+def test_information_is_one_for_certain_even_decisions_and_zero_for_one_class():
+    certain = torch.eye(C) * 50.0
+    assert information(certain) == pytest.approx(1.0, abs=1e-6)
+    assert information(torch.tensor([[50.0, 0.0, 0.0]] * 4)) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="signal"):
+        HeadGuard(*_head(), signal="energy")  # type: ignore[arg-type]
+
+
+def test_the_msp_allowance_grows_with_the_standard_error_of_the_window():
     weight, bias = _head()
     theta = _theta(weight * 0.8, bias)  # same decisions, a little less sure on every clip
     window = _clips(12, seed=3)
@@ -92,10 +127,18 @@ def test_the_confidence_allowance_grows_with_the_standard_error_of_the_window():
     assert diff.mean() < 0 and se > 0
     slack = float(-diff.mean() - se)  # one standard error short of trusting it on the slack alone
     for k, trusted in ((0.0, False), (0.5, False), (2.0, True)):
-        guard = HeadGuard(weight, bias, confidence_slack=slack, confidence_standard_errors=k)
+        guard = HeadGuard(
+            weight, bias, confidence_slack=slack, confidence_standard_errors=k, signal="msp"
+        )
         assert guard.refresh(window, theta).trusted is trusted, k
     # one clip has no spread: the allowance is the slack alone, whatever k
-    one = HeadGuard(weight, bias, confidence_slack=0.0, confidence_standard_errors=100.0)
+    one = HeadGuard(
+        weight, bias, confidence_slack=0.0, confidence_standard_errors=100.0, signal="msp"
+    )
     assert one.refresh(window[:1], theta).trusted is False
     with pytest.raises(ValueError, match="confidence_standard_errors"):
         HeadGuard(weight, bias, confidence_standard_errors=-1.0)
+    # the information signal is a whole-window statistic: no per-clip allowance applies
+    info = HeadGuard(weight, bias, confidence_standard_errors=100.0, signal="information")
+    plain = HeadGuard(weight, bias, signal="information")
+    assert info.refresh(window, theta) == plain.refresh(window, theta)

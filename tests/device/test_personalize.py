@@ -21,7 +21,7 @@ from support import SMALL_PARAMS, make_hypernet
 import device_client.keyring as keyring_module
 from device_client.channel_selection import select_channels
 from device_client.cli import main
-from device_client.head_guard import CONFIDENCE_SLACK
+from device_client.head_guard import CONFIDENCE_SLACK, GUARD_SIGNAL, SIGNALS
 from device_client.keyring import DeviceKeyring
 from device_client.personalization import THRESHOLD_QUANTILE
 from device_client.simulated_camera import truth_path
@@ -154,14 +154,15 @@ def test_personalize_then_score_offline_from_the_cache_and_recover(
     with torch.no_grad():
         global_logits = torch.from_numpy(z) @ fused.weight.double().T + fused.bias.double()
     personal = personalised_logits(torch.from_numpy(z), torch.from_numpy(cached.snapshot.theta), C)
-    msp_p, msp_g = (
-        float(torch.softmax(x, 1).max(1).values.mean()) for x in (personal, global_logits)
+    signal = GUARD_SIGNAL if len(z) >= C else "msp"
+    score_p, score_g = (SIGNALS[signal](x) for x in (personal, global_logits))
+    verdict = (
+        "keeps the personalised" if score_p >= score_g - CONFIDENCE_SLACK else "would serve the"
     )
-    verdict = "keeps the personalised" if msp_p >= msp_g - CONFIDENCE_SLACK else "would serve the"
     assert f"guard: {verdict}" in out
-    shown = re.search(r"([0-9.]+) personalised vs ([0-9.]+) global", out)
+    shown = re.search(rf"{signal} on the window ([0-9.]+) personalised vs ([0-9.]+) global", out)
     assert shown is not None
-    assert [float(x) for x in shown.groups()] == pytest.approx([msp_p, msp_g], abs=2e-3)
+    assert [float(x) for x in shown.groups()] == pytest.approx([score_p, score_g], abs=2e-3)
     # Θ carries its Energy-threshold offset: the quantile of the window's Energy under Θ
     # minus the same quantile of the global head's Energy on the model's clean reference
     quantiles = [
