@@ -53,8 +53,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from bench.personalization import finetuned_head
 from bench.report import markdown_table, write_json, write_section
 from device_client.channel_selection import DEFAULT_WINDOW
 from device_client.gateway_client import PersonalizeReply
@@ -373,19 +373,6 @@ def choose_run_settings(summary: list[dict]) -> tuple[dict, dict, dict]:
 def choose(summary: list[dict]) -> dict:
     """The rule meeting both targets on the most validation devices (ties: larger margin)."""
     return max(summary, key=lambda r: (r["devices_meeting_targets"], round(r["margin"], 9)))
-
-
-def finetuned_head(bundle, z: torch.Tensor, y: torch.Tensor, epochs: int = 300):
-    """The global head fine-tuned with backprop on labelled clips of one camera (an upper
-    bound on what a head on these frozen embeddings can do there)."""
-    head = torch.nn.Linear(z.shape[1], bundle.config.num_classes).double()
-    head.load_state_dict({k: v.double() for k, v in bundle.model.fused_head.state_dict().items()})
-    optimiser = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=1e-4)
-    for _ in range(epochs):
-        optimiser.zero_grad()
-        F.cross_entropy(head(z), y).backward()
-        optimiser.step()
-    return head.requires_grad_(False)
 
 
 def camera_information(bundle, cloud: LocalCloud, corruption: str, severity: int) -> dict:

@@ -7,60 +7,21 @@ chosen Θ (the real gRPC path is covered in test_personalize.py).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
+from fixed_theta import BIAS, WEIGHT, FixedTheta, clips, guarded_head, run_stream
 
-from device_client.gateway_client import PersonalizeReply
-from device_client.head_guard import CONFIDENCE_SLACK, HeadGuard
-from device_client.keyring import DeviceKeyring, PersonalizationSettings
+from device_client.head_guard import CONFIDENCE_SLACK
 from device_client.personal_head import PersonalHead
-from device_client.state import DeviceState
-
-D, C, WINDOW = 6, 3, 8
-WEIGHT, BIAS = torch.eye(C, D) * 4.0, torch.zeros(C)
 
 
-class FixedTheta:
-    """Answers every Personalize request with the same Θ (plaintext)."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        self.theta = torch.cat([weight.T.reshape(-1), bias]).double().tolist()
-
-    def personalize(self, alpha, indices, encrypted=None, plain=None) -> PersonalizeReply:
-        return PersonalizeReply([], self.theta, "hypernetwork", 3, "ab" * 32, D, C, 0.0, 1, 1)
-
-
-def clips(n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    z = rng.normal(0.0, 0.1, (n, D))
-    z[np.arange(n), np.arange(n) % C] += 1.0  # class k lights up channel k
-    return z
-
-
-def guarded_head(tmp_path, weight: torch.Tensor | None) -> PersonalHead:
+def guarded(tmp_path, weight: torch.Tensor | None) -> PersonalHead:
     """A guarded head; ``weight`` None: offline, scoring from the cached Θ only."""
-    keyring = DeviceKeyring(DeviceState(tmp_path / "state"))
-    personalizer = keyring.personalizer(
-        FixedTheta(weight, BIAS) if weight is not None else None,
-        "cloud:50051",
-        "dev-1",
-        D,
-        C,
-        model_key="m v1",
-        settings=PersonalizationSettings(encrypted=False),
-        window=WINDOW,
-        min_window=WINDOW,
-    )
-    guard = HeadGuard(WEIGHT, BIAS, confidence_slack=CONFIDENCE_SLACK)
-    return PersonalHead(personalizer, keyring, guard=guard)
-
-
-def run_stream(head: PersonalHead, z: np.ndarray) -> list[torch.Tensor | None]:
-    return [head(torch.from_numpy(batch).float()) for batch in np.split(z, len(z) // 4)]
+    theta = FixedTheta(weight, BIAS) if weight is not None else None
+    return guarded_head(tmp_path / "state", theta)
 
 
 def test_a_confident_head_that_agrees_is_kept(tmp_path):
-    head = guarded_head(tmp_path, WEIGHT * 2.0)  # same decisions, more certain
+    head = guarded(tmp_path, WEIGHT * 2.0)  # same decisions, more certain
     z = clips(16, seed=0)
     out = run_stream(head, z)
     assert out[0] is None  # warming up: global head until the window holds 8 clips
@@ -75,7 +36,7 @@ def test_a_confident_head_that_agrees_is_kept(tmp_path):
 
 def test_a_head_less_sure_than_the_global_one_falls_back(tmp_path):
     wrong = WEIGHT.roll(1, 0) * 0.2  # every class moved to the next channel, and unsure
-    head = guarded_head(tmp_path, wrong)
+    head = guarded(tmp_path, wrong)
     z = clips(16, seed=1)
     out = run_stream(head, z)
     global_logits = torch.from_numpy(z[4:]) @ WEIGHT.double().T
@@ -96,8 +57,8 @@ def test_a_head_less_sure_than_the_global_one_falls_back(tmp_path):
 
 def test_a_restored_theta_is_checked_too(tmp_path):
     wrong = WEIGHT.roll(1, 0) * 0.2
-    run_stream(guarded_head(tmp_path, wrong), clips(12, seed=2))  # caches the wrong Θ
-    offline = guarded_head(tmp_path, None)  # restarted without the cloud: restored Θ
+    run_stream(guarded(tmp_path, wrong), clips(12, seed=2))  # caches the wrong Θ
+    offline = guarded(tmp_path, None)  # restarted without the cloud: restored Θ
     z = clips(8, seed=3)
     out = [offline(torch.from_numpy(row[None]).float()) for row in z]  # camera: one clip a time
     assert offline.personalizer.theta_status == "stale"

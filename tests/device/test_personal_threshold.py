@@ -11,9 +11,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from fixed_theta import BIAS, WEIGHT, WINDOW, FixedTheta, clips, guarded_head, run_stream
 
 from device_client.gateway_client import PersonalizeReply
-from device_client.head_guard import CONFIDENCE_SLACK, HeadGuard
 from device_client.keyring import THETA_FILE, DeviceKeyring, PersonalizationSettings
 from device_client.personal_head import PersonalHead, reference_energy
 from device_client.personalization import energy_offset
@@ -22,26 +22,7 @@ from device_client.state import DeviceState
 from shared.ood.energy import energy
 from shared.pipeline import OODPipeline
 
-D, C, WINDOW = 6, 3, 8
-WEIGHT, BIAS = torch.eye(C, D) * 4.0, torch.zeros(C)
 BASE_THRESHOLD = -3.0
-
-
-class FixedTheta:
-    """Answers every Personalize request with the same Θ (plaintext)."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        self.theta = torch.cat([weight.T.reshape(-1), bias]).double().tolist()
-
-    def personalize(self, alpha, indices, encrypted=None, plain=None) -> PersonalizeReply:
-        return PersonalizeReply([], self.theta, "hypernetwork", 3, "ab" * 32, D, C, 0.0, 1, 1)
-
-
-def clips(n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    z = rng.normal(0.0, 0.1, (n, D))
-    z[np.arange(n), np.arange(n) % C] += 1.0  # class k lights up channel k
-    return z
 
 
 def global_energy(z: np.ndarray) -> np.ndarray:
@@ -53,26 +34,13 @@ REFERENCE = clips(40, seed=99)
 
 def personal_head(tmp_path, theta: FixedTheta | None, quantile: float = 0.5) -> PersonalHead:
     """A guarded personalised head with the global head's Energy on REFERENCE as anchor."""
-    keyring = DeviceKeyring(DeviceState(tmp_path / "state"))
-    personalizer = keyring.personalizer(
+    return guarded_head(
+        tmp_path / "state",
         theta,
-        "cloud:50051",
-        "dev-1",
-        D,
-        C,
-        model_key="m v1",
-        settings=PersonalizationSettings(encrypted=False),
-        window=WINDOW,
-        min_window=WINDOW,
+        energy_threshold=BASE_THRESHOLD,
         reference_energy=global_energy(REFERENCE),
         threshold_quantile=quantile,
     )
-    guard = HeadGuard(WEIGHT, BIAS, confidence_slack=CONFIDENCE_SLACK)
-    return PersonalHead(personalizer, keyring, guard=guard, energy_threshold=BASE_THRESHOLD)
-
-
-def run_stream(head: PersonalHead, z: np.ndarray) -> list[torch.Tensor | None]:
-    return [head(torch.from_numpy(batch).float()) for batch in np.split(z, len(z) // 4)]
 
 
 @pytest.mark.parametrize("quantile", [0.3, 0.5])
