@@ -101,15 +101,26 @@ def _centred_time(t: int, n_frames: int) -> float:
     return t - (n_frames - 1) / 2.0
 
 
+def _moved(p: ActionParams, dx: float, dy: float) -> Placement:
+    """The digit's resting placement moved by (dx, dy) pixels."""
+    return Placement(p.offset_x + dx, p.offset_y + dy, p.base_scale, p.base_angle)
+
+
 def _translate(direction_x: float, direction_y: float) -> Callable[..., Placement]:
     def placement(t: int, n_frames: int, p: ActionParams) -> Placement:
         step = TRANSLATE_PX_PER_FRAME * p.speed * _centred_time(t, n_frames)
-        return Placement(
-            p.offset_x + direction_x * step,
-            p.offset_y + direction_y * step,
-            p.base_scale,
-            p.base_angle,
-        )
+        return _moved(p, direction_x * step, direction_y * step)
+
+    return placement
+
+
+def _translate_slow(direction_x: float, direction_y: float) -> Callable[..., Placement]:
+    """An ID translation at :data:`SLOW_FACTOR` times its speed (read at call time:
+    ``bench.near_hard_tuning`` varies it)."""
+
+    def placement(t: int, n_frames: int, p: ActionParams) -> Placement:
+        step = SLOW_FACTOR * TRANSLATE_PX_PER_FRAME * p.speed * _centred_time(t, n_frames)
+        return _moved(p, direction_x * step, direction_y * step)
 
     return placement
 
@@ -135,7 +146,7 @@ def _shake(t: int, n_frames: int, p: ActionParams) -> Placement:
     amplitude = SHAKE_AMPLITUDE_PX * p.speed
     dx = amplitude * math.sin(2.9 * t + p.phase)
     dy = amplitude * math.sin(4.1 * t + 1.7 * p.phase)
-    return Placement(p.offset_x + dx, p.offset_y + dy, p.base_scale, p.base_angle)
+    return _moved(p, dx, dy)
 
 
 def _bounce(t: int, n_frames: int, p: ActionParams) -> Placement:
@@ -151,12 +162,7 @@ def _circle(sign: float) -> Callable[..., Placement]:
     def placement(t: int, n_frames: int, p: ActionParams) -> Placement:
         theta = p.phase + sign * CIRCLE_RAD_PER_FRAME * p.speed * t
         # With y pointing down, increasing theta in (cos, sin) turns clockwise on screen.
-        return Placement(
-            p.offset_x + CIRCLE_RADIUS_PX * math.cos(theta),
-            p.offset_y + CIRCLE_RADIUS_PX * math.sin(theta),
-            p.base_scale,
-            p.base_angle,
-        )
+        return _moved(p, CIRCLE_RADIUS_PX * math.cos(theta), CIRCLE_RADIUS_PX * math.sin(theta))
 
     return placement
 
@@ -168,27 +174,7 @@ def _translate_diagonal(toward_x: float, toward_y: float) -> Callable[..., Place
     def placement(t: int, n_frames: int, p: ActionParams) -> Placement:
         rad = math.radians(DIAGONAL_DEG)
         step = TRANSLATE_PX_PER_FRAME * p.speed * _centred_time(t, n_frames)
-        return Placement(
-            p.offset_x + toward_x * math.cos(rad) * step,
-            p.offset_y + toward_y * math.sin(rad) * step,
-            p.base_scale,
-            p.base_angle,
-        )
-
-    return placement
-
-
-def _translate_slow(direction_x: float, direction_y: float) -> Callable[..., Placement]:
-    """An ID translation at :data:`SLOW_FACTOR` times its speed."""
-
-    def placement(t: int, n_frames: int, p: ActionParams) -> Placement:
-        step = SLOW_FACTOR * TRANSLATE_PX_PER_FRAME * p.speed * _centred_time(t, n_frames)
-        return Placement(
-            p.offset_x + direction_x * step,
-            p.offset_y + direction_y * step,
-            p.base_scale,
-            p.base_angle,
-        )
+        return _moved(p, toward_x * math.cos(rad) * step, toward_y * math.sin(rad) * step)
 
     return placement
 
@@ -199,12 +185,7 @@ def _translate_halting(direction_x: float, direction_y: float) -> Callable[..., 
     def placement(t: int, n_frames: int, p: ActionParams) -> Placement:
         moving = HALT_FRACTION * (n_frames - 1)
         step = TRANSLATE_PX_PER_FRAME * p.speed * (min(t, moving) - moving / 2)
-        return Placement(
-            p.offset_x + direction_x * step,
-            p.offset_y + direction_y * step,
-            p.base_scale,
-            p.base_angle,
-        )
+        return _moved(p, direction_x * step, direction_y * step)
 
     return placement
 
