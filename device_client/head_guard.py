@@ -169,7 +169,7 @@ class HeadGuard:
             0.0 if trusted else 1.0,
             msp_p,
             msp_g,
-            self.signal,
+            signal,
             score_p,
             score_g,
         )

@@ -29,6 +29,7 @@ from device_client.gateway_client import ServerUnreachableError
 from device_client.head_guard import HeadGuard
 from device_client.keyring import DeviceKeyring
 from device_client.personalization import Personalizer, ThetaSnapshot
+from shared.ood.energy import energy
 
 
 class PersonalHead:
@@ -168,8 +169,6 @@ class PersonalHead:
 def reference_energy(bundle) -> np.ndarray:
     """The global head's Energy on the model's clean ID reference clips (the anchor of
     the personalised threshold's offset)."""
-    from shared.ood.energy import energy
-
     return energy(bundle.reference_logits.double()).numpy()
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from device_client.head_guard import HeadGuard, disagreement, information
+from device_client.head_guard import HeadGuard, disagreement, information, mean_msp
 
 D, C = 6, 3
 
@@ -104,6 +104,18 @@ def test_information_keeps_an_unsure_head_that_reads_a_shifted_camera_right():
     by_msp = HeadGuard(weight, bias, signal="msp").refresh(window, _theta(right, bias))
     assert state.trusted and state.score_personalised > state.score_global
     assert not by_msp.trusted and by_msp.msp_global > by_msp.msp_personalised + 0.1
+
+
+def test_a_window_smaller_than_the_classes_is_judged_and_reported_by_msp():
+    weight, bias = _head()
+    theta = _theta(weight * 2.0, bias)
+    window = _clips(C - 1)
+    state = HeadGuard(weight, bias, signal="information").refresh(window, theta)
+    personal = torch.from_numpy(window) @ (weight * 2.0).double().T
+    global_ = torch.from_numpy(window) @ weight.double().T
+    assert state.signal == "msp"
+    assert state.score_personalised == pytest.approx(mean_msp(personal), abs=1e-12)
+    assert state.score_global == pytest.approx(mean_msp(global_), abs=1e-12)
 
 
 def test_information_is_one_for_certain_even_decisions_and_zero_for_one_class():
