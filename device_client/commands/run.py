@@ -65,7 +65,7 @@ def run(args: argparse.Namespace, state: DeviceState) -> int:
 
     print(f"{'clip':>5}  {'label':<16} {'ood_score':>10}  {'verdict':<8}head")
     flags: list[bool] = []
-    thresholds: list[float] = []  # per clip: the personalised head's may differ by batch
+    last_threshold: float | None = None  # the personalised head's moves with each Θ
     seconds = 0.0
     progress = tqdm(
         desc=f"{source.describe()} [{args.adapt}{', int8' if runtime.is_int8 else ''}]",
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace, state: DeviceState) -> int:
                     file=sys.stdout,
                 )
                 flags.append(bool(is_ood))
-                thresholds.append(verdicts.threshold)
+                last_threshold = verdicts.threshold
             progress.update(len(batch))
             progress.set_postfix(
                 fps=f"{len(flags) * config.n_frames / seconds:.0f}", ood=sum(flags)
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace, state: DeviceState) -> int:
     mean_ms = 1000.0 * seconds / n_clips
     print(
         f"summary: {n_clips} clips, {n_ood} OOD ({100.0 * n_ood / n_clips:.1f} %), "
-        f"detector {args.detector} ({_threshold_note(threshold, thresholds)}), "
+        f"detector {args.detector} ({_threshold_note(threshold, last_threshold)}), "
         f"{mean_ms:.1f} ms per clip, "
         f"adapt {args.adapt}{', int8' if runtime.is_int8 else ''}, "
         f"head {head.describe() if head is not None else 'global'}"
@@ -132,17 +132,17 @@ def run(args: argparse.Namespace, state: DeviceState) -> int:
             print(f"{PROG}: telemetry not sent: {client.target} unreachable", file=sys.stderr)
     if args.json:
         report = _run_report(args, flags, truth, head, mean_ms, threshold)
-        report["last_threshold"] = thresholds[-1]
+        report["last_threshold"] = last_threshold
         print(json.dumps(report))
     return 0
 
 
-def _threshold_note(threshold: float, used: list[float]) -> str:
+def _threshold_note(threshold: float, last: float | None) -> str:
     """The summary line's threshold: the model's, and the last one used when it differs
     (the personalised head's Energy threshold moves with each Θ)."""
-    if used[-1] == threshold:
+    if last is None or last == threshold:
         return f"threshold {threshold:.4f}"
-    return f"threshold {threshold:.4f}, personalised {used[-1]:.4f} at the end"
+    return f"threshold {threshold:.4f}, personalised {last:.4f} at the end"
 
 
 def _guard_note(head) -> str:
