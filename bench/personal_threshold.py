@@ -58,7 +58,12 @@ from bench.personalization import finetuned_head
 from bench.report import markdown_table, write_json, write_section
 from device_client.channel_selection import DEFAULT_WINDOW
 from device_client.gateway_client import PersonalizeReply
-from device_client.head_guard import CONFIDENCE_SLACK, CONFIDENCE_STANDARD_ERRORS, HeadGuard
+from device_client.head_guard import (
+    CONFIDENCE_SLACK,
+    CONFIDENCE_STANDARD_ERRORS,
+    GUARD_SIGNAL,
+    HeadGuard,
+)
 from device_client.personal_head import PersonalHead, reference_energy
 from device_client.personalization import THRESHOLD_QUANTILE, Personalizer, energy_offset
 from server.personalization import PersonalizationService, PersonalizeQuery
@@ -506,8 +511,10 @@ def main(argv: list[str] | None = None) -> int:
         "offset cached), then `run --personalize` over the shuffled stream in 16-clip "
         "batches with the device's own PersonalHead (the cached Θ is restored, re-checked by "
         f"the guard as the run's window grows, refreshed once {WINDOW_CLIPS} clips are in). "
-        f"The guard keeps Θ while msp(Θ) ≥ msp(global) − {CONFIDENCE_SLACK} − k·SE (SE: "
-        "standard error of the per-clip difference on the window); k is chosen here with the "
+        f"The guard is the device's ({GUARD_SIGNAL} signal, slack {CONFIDENCE_SLACK}); on a "
+        f"window with fewer clips than classes it keeps Θ while msp(Θ) ≥ msp(global) − "
+        f"{CONFIDENCE_SLACK} − k·SE (SE: standard error of the per-clip difference on the "
+        "window); k is chosen here with the "
         "same rule (no-guard rows for comparison only); the shipped settings change only when "
         "the best candidate wins more paired runs than it loses with a sign-test p < 0.05. "
         f"Shipped: {current['rule']}; best candidate: {best['rule']} (+{decision['wins']} / "
