@@ -39,6 +39,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from device_client.head_refinement import GaussianHead
 from shared.hypernet import personalised_logits
 
 GuardMode = Literal["fallback", "blend"]
@@ -137,7 +138,7 @@ class HeadGuard:
         self.disagreement_margin = disagreement_margin
         self.confidence_standard_errors = confidence_standard_errors
         self.state: GuardState | None = None
-        self._theta: torch.Tensor | None = None
+        self._theta: torch.Tensor | GaussianHead | None = None
 
     def _both(self, z: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._theta is None:
@@ -145,12 +146,21 @@ class HeadGuard:
         z = torch.as_tensor(np.asarray(z, dtype=np.float64))
         if z.ndim != 2 or z.shape[1] != self.weight.shape[1]:
             raise ValueError(f"z must be [N, {self.weight.shape[1]}], got {list(z.shape)}")
-        personal = personalised_logits(z, self._theta, self.weight.shape[0])
+        if isinstance(self._theta, GaussianHead):
+            personal = self._theta.logits(z)
+        else:
+            personal = personalised_logits(z, self._theta, self.weight.shape[0])
         return personal, z @ self.weight.T + self.bias
 
-    def refresh(self, window: np.ndarray | torch.Tensor, theta: np.ndarray) -> GuardState:
-        """Check a new Θ on the window it came from; remember the disagreement there."""
-        self._theta = torch.as_tensor(np.asarray(theta, dtype=np.float64))
+    def refresh(
+        self, window: np.ndarray | torch.Tensor, theta: np.ndarray | GaussianHead
+    ) -> GuardState:
+        """Check a new Θ (or its refinement on the device) on the window it came from;
+        remember the disagreement there."""
+        if isinstance(theta, GaussianHead):
+            self._theta = theta
+        else:
+            self._theta = torch.as_tensor(np.asarray(theta, dtype=np.float64))
         personal, global_ = self._both(window)
         msp_p, msp_g = mean_msp(personal), mean_msp(global_)
         # how decisions spread says nothing on fewer clips than classes (one clip: 0 for

@@ -1,0 +1,147 @@
+"""Closed-form refinement of the cloud's Θ on the device's own window (no labels, no backprop).
+
+The HyperNetwork reads a device's shift from one encrypted description (the window mean)
+and cannot know where each class's cluster moved on a camera unlike those it was trained
+on. The device can estimate that from its recent window without labels, forward-only:
+
+1. **E-step**: soft class memberships r = softmax(logits) of the window's clips, first
+   under the cloud's Θ, then under the refined head;
+2. **M-step**: class priors π_k, class means μ_k and the pooled within-class covariance S
+   of the window, weighted by r; S is shrunk towards a multiple of the identity,
+   S + λ·mean(diag S)·I (λ = ``shrinkage``), so a window of a few dozen clips in 128
+   dimensions still gives a well-conditioned precision P = S⁻¹;
+3. the linear discriminant of those Gaussians (LDA): kernel_k = P·μ_k,
+   bias_k = −½·μ_kᵀPμ_k + log π_k. Repeat ``iterations`` times.
+
+This is EM for a Gaussian mixture with shared covariance (Dempster, Laird & Rubin 1977),
+started from the cloud's head so cluster k stays class k. Cost: a [W, D] × [D, C] product,
+C weighted means, one [D, D] covariance and one D × D inverse per iteration, once per
+refresh (milliseconds for W = 64, D = 128; measured in BENCHMARKS.md).
+
+The refined head scores OOD as well as classifying: its logits are the class-conditional
+Gaussian log-likelihoods relative to one Gaussian fitted to the whole window
+(mean m₀, shrunk precision P₀):
+
+    logit_k(z) = zᵀP μ_k − ½ μ_kᵀP μ_k + log π_k − ½ zᵀP z + ½ (z − m₀)ᵀP₀(z − m₀)
+
+The two quadratic terms are the same for every class, so the argmax and the softmax
+(MSP) are the LDA's, while the Energy ``logsumexp_k logit_k`` becomes the log-likelihood
+ratio of "one of the camera's classes" against "the camera's stream as a whole": the
+relative Mahalanobis distance of Ren et al. 2021 ("A Simple Fix to Mahalanobis Distance
+for Improving Near-OOD Detection"), in soft-min form. A clip far from every class cluster
+of *this* camera gets a low Energy, so the device's Energy verdicts use it unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from shared.hypernet import split_theta
+
+#: EM iterations and covariance shrinkage λ the device uses: chosen on validation families
+#: only (``bench/personalization.py``, ``choose_refinement``); accuracy was flat for
+#: λ ∈ [0.3, 3] and 2–10 iterations there
+ITERATIONS = 3
+SHRINKAGE = 1.0
+#: fewest window clips a refinement is computed from (fewer: the cloud's Θ is used as is)
+MIN_WINDOW = 32
+
+
+@dataclass(frozen=True)
+class RefinementSettings:
+    """How the device refines the cloud's Θ (validated)."""
+
+    iterations: int = ITERATIONS
+    shrinkage: float = SHRINKAGE
+    min_window: int = MIN_WINDOW
+
+    def __post_init__(self) -> None:
+        if isinstance(self.iterations, bool) or not 1 <= int(self.iterations) <= 100:
+            raise ValueError(f"iterations must be in [1, 100], got {self.iterations!r}")
+        if not (np.isfinite(self.shrinkage) and self.shrinkage > 0):
+            raise ValueError(f"shrinkage must be a positive number, got {self.shrinkage!r}")
+        if self.min_window < 2:
+            raise ValueError(f"min_window must be >= 2, got {self.min_window}")
+
+
+@dataclass(frozen=True)
+class GaussianHead:
+    """The refined head: LDA logits plus the class-common likelihood-ratio term."""
+
+    kernel: np.ndarray  # [D, C]
+    bias: np.ndarray  # [C]
+    precision: np.ndarray  # P [D, D], shared by the classes
+    background_mean: np.ndarray  # m₀ [D], the window's mean
+    background_precision: np.ndarray  # P₀ [D, D], the window's (shrunk) precision
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.kernel.shape[0])
+
+    def logits(self, z: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Logits [N, C] (float64) for embeddings z [N, D]."""
+        z = torch.as_tensor(np.asarray(z, dtype=np.float64))
+        if z.ndim != 2 or z.shape[1] != self.embed_dim:
+            raise ValueError(f"z must be [N, {self.embed_dim}], got {list(z.shape)}")
+        kernel, bias = torch.from_numpy(self.kernel), torch.from_numpy(self.bias)
+        centred = z - torch.from_numpy(self.background_mean)
+        common = -0.5 * _quadratic(z, torch.from_numpy(self.precision)) + 0.5 * _quadratic(
+            centred, torch.from_numpy(self.background_precision)
+        )
+        return z @ kernel + bias + common[:, None]
+
+
+def _quadratic(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """xᵀ M x for every row of x."""
+    return ((x @ matrix) * x).sum(1)
+
+
+def shrunk_precision(covariance: np.ndarray, shrinkage: float) -> np.ndarray:
+    """(S + λ·mean(diag S)·I)⁻¹: well-conditioned however few clips S came from."""
+    d = covariance.shape[0]
+    ridge = shrinkage * max(float(np.trace(covariance)) / d, 1e-12)
+    return np.linalg.inv(covariance + ridge * np.eye(d))
+
+
+def refine_head(
+    window: np.ndarray,
+    theta: np.ndarray,
+    num_classes: int,
+    settings: RefinementSettings | None = None,
+) -> GaussianHead:
+    """EM from the cloud's Θ [D·C + C] on the window [W, D] (see the module docstring)."""
+    settings = settings or RefinementSettings()
+    window = np.asarray(window, dtype=np.float64)
+    theta = np.asarray(theta, dtype=np.float64)
+    if window.ndim != 2:
+        raise ValueError(f"window must be [W, D], got shape {list(window.shape)}")
+    if len(window) < settings.min_window:
+        raise ValueError(
+            f"refinement needs at least {settings.min_window} window clips, got {len(window)}"
+        )
+    if not (np.isfinite(window).all() and np.isfinite(theta).all()):
+        raise ValueError("window and theta must be finite (no NaN or inf)")
+    kernel_t, bias_t = split_theta(torch.from_numpy(theta), window.shape[1], num_classes)
+    kernel, bias = kernel_t.numpy(), bias_t.numpy()
+    precision = np.eye(window.shape[1])
+    for _ in range(settings.iterations):
+        logits = window @ kernel + bias
+        logits -= logits.max(1, keepdims=True)
+        membership = np.exp(logits)
+        membership /= membership.sum(1, keepdims=True)  # E-step: r [W, C]
+        counts = membership.sum(0) + 1e-9
+        means = (membership.T @ window) / counts[:, None]  # μ [C, D]
+        scatter = np.zeros((window.shape[1], window.shape[1]))
+        for k in range(num_classes):
+            centred = window - means[k]
+            scatter += (centred * membership[:, k : k + 1]).T @ centred
+        precision = shrunk_precision(scatter / len(window), settings.shrinkage)
+        kernel = precision @ means.T  # [D, C]
+        bias = -0.5 * np.einsum("dc,cd->c", kernel, means) + np.log(counts / counts.sum())
+    background_mean = window.mean(0)
+    centred = window - background_mean
+    background = shrunk_precision(centred.T @ centred / len(window), settings.shrinkage)
+    return GaussianHead(kernel, bias, precision, background_mean, background)
