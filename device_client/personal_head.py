@@ -88,7 +88,8 @@ class PersonalHead:
         # checked again while the window grows to min_window (one clip says little).
         checked_on_few = self._guard_window < min(p.min_window, len(window))
         if p.snapshot is not self._guarded or checked_on_few:
-            self.guard.refresh(window, p.snapshot.theta)
+            assert p.head is not None
+            self.guard.refresh(window, p.head)  # the refined head when Θ was refined
             self._guarded, self._guard_window = p.snapshot, len(window)
         # checked on the whole window: one camera clip alone says little about disagreement
         logits = self.guard.logits(z, window=window)

@@ -33,13 +33,20 @@ features (``reference_energy``). The device flags a clip when its personalised E
 exceeds the base threshold plus that offset. A quantile at or below the median stays
 on the window's ID mass while most of the window is ID, so the offset follows how the
 personalised head moved the ID scores, not the OOD clips in the window.
+
+Refinement on the device (per-device mode, on by default): once the window holds
+``refinement.min_window`` clips, the cloud's Θ is refined on it in closed form, without
+labels or backprop (:mod:`device_client.head_refinement`: EM for class-conditional
+Gaussians started from Θ). The refined head classifies and scores every clip until the
+next refresh; it gets its own score reference and Energy offset. It lives in memory only:
+a Θ restored from disk is refined again from the new window, offline too.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 import numpy as np
@@ -48,6 +55,7 @@ import torch
 
 from device_client.channel_selection import DEFAULT_WINDOW, ChannelSelector, SelectionMethod
 from device_client.gateway_client import PersonalizeReply, ServerUnreachableError
+from device_client.head_refinement import GaussianHead, RefinementSettings, refine_head
 from shared.channel_importance import DEFAULT_ALPHA
 from shared.he import decrypt_theta, encrypt_selected
 from shared.hypernet import personalised_logits
@@ -59,6 +67,8 @@ PersonalizeMode = Literal["per_sample", "per_device"]
 #: that sets the personalised threshold's offset; chosen on validation devices by
 #: ``bench/personal_threshold.py`` (see BENCHMARKS.md, section personal_threshold)
 THRESHOLD_QUANTILE = 0.5
+#: how a per-device Θ is refined on the window by default (see :mod:`device_client.head_refinement`)
+DEFAULT_REFINEMENT = RefinementSettings()
 
 
 class PersonalizeTransport(Protocol):
@@ -93,6 +103,16 @@ class HyperNetIdentity:
 
 
 @dataclass(frozen=True)
+class RefinedHead:
+    """The cloud's Θ refined on the device's window, with its own score scale."""
+
+    head: GaussianHead
+    score_reference: tuple[float, float]  # mean and std of the window's Energy under it
+    energy_offset: float | None
+    window_clips: int  # how many clips it was refined on
+
+
+@dataclass(frozen=True)
 class ThetaSnapshot:
     """Everything needed to use a per-device Θ again after a restart (no network)."""
 
@@ -104,6 +124,8 @@ class ThetaSnapshot:
     reason: str  # why it was refreshed
     #: add to the base model's Energy threshold for this Θ (None: no reference to compare with)
     energy_offset: float | None = None
+    #: Θ refined on the window (memory only; None: not refined, Θ is used as it came)
+    refined: RefinedHead | None = None
 
 
 def energy_offset(
@@ -144,6 +166,7 @@ class Personalizer:
         on_refresh: Callable[[ThetaSnapshot], None] | None = None,
         reference_energy: np.ndarray | None = None,
         threshold_quantile: float = THRESHOLD_QUANTILE,
+        refinement: RefinementSettings | None = DEFAULT_REFINEMENT,
     ) -> None:
         if mode not in ("per_sample", "per_device"):
             raise ValueError(f"mode must be 'per_sample' or 'per_device', got {mode!r}")
@@ -176,6 +199,8 @@ class Personalizer:
             None if reference_energy is None else np.asarray(reference_energy, dtype=np.float64)
         )
         self.threshold_quantile = threshold_quantile
+        #: how Θ is refined on the window (None: used as the cloud sent it); per-device only
+        self.refinement = refinement if mode == "per_device" else None
         #: the last Θ could not be refreshed because the cloud was unreachable
         self.stale = False
         self.refreshes = 0
@@ -196,8 +221,25 @@ class Personalizer:
 
     @property
     def energy_offset(self) -> float | None:
-        """The cached Θ's Energy-threshold offset (None before a refresh or without one)."""
-        return None if self.snapshot is None else self.snapshot.energy_offset
+        """The Energy-threshold offset of the head in use (None before a refresh or without
+        one): the refined head's when Θ was refined, else the cached Θ's."""
+        if self.snapshot is None:
+            return None
+        if self.snapshot.refined is not None:
+            return self.snapshot.refined.energy_offset
+        return self.snapshot.energy_offset
+
+    @property
+    def head(self) -> np.ndarray | GaussianHead | None:
+        """What scores clips now: the refined head, else the cached Θ (None before one)."""
+        if self.snapshot is None:
+            return None
+        return self.snapshot.refined.head if self.snapshot.refined else self.snapshot.theta
+
+    @property
+    def refined(self) -> bool:
+        """Whether the head in use is the cloud's Θ refined on the window."""
+        return self.snapshot is not None and self.snapshot.refined is not None
 
     @property
     def theta(self) -> np.ndarray | None:
@@ -264,23 +306,55 @@ class Personalizer:
             personalised_logits(torch.from_numpy(window), torch.from_numpy(theta), self.num_classes)
         )
         assert self.hypernet is not None  # set by request_theta
+        reference, offset = self._score_scale(scores)
         self.snapshot = ThetaSnapshot(
             theta=theta,
             indices=indices,
-            score_reference=(float(scores.mean()), float(scores.std()) + 1e-6),
+            score_reference=reference,
             hypernet=self.hypernet,
             refreshed_at=time.time(),
             reason=reason,
-            energy_offset=None
-            if self.reference_energy is None
-            else energy_offset(scores, self.reference_energy, self.threshold_quantile),
+            energy_offset=offset,
         )
+        self._refine_if_possible()
         self.stale = False
         self._due = None
         self.refreshes += 1
         if self.on_refresh is not None:
             self.on_refresh(self.snapshot)
         return theta
+
+    def _score_scale(self, scores: torch.Tensor) -> tuple[tuple[float, float], float | None]:
+        """(mean, std) of a window's Energy under a head, and that head's threshold offset."""
+        offset = None
+        if self.reference_energy is not None:
+            offset = energy_offset(scores, self.reference_energy, self.threshold_quantile)
+        return (float(scores.mean()), float(scores.std()) + 1e-6), offset
+
+    def _refine_if_possible(self) -> None:
+        """Refine the cached Θ on the window once it holds enough clips (no network)."""
+        snapshot, settings = self.snapshot, self.refinement
+        window = self.selector.window
+        if snapshot is None or settings is None or snapshot.refined is not None:
+            return
+        if len(window) < settings.min_window:
+            return
+        head = refine_head(window, snapshot.theta, self.num_classes, settings)
+        reference, offset = self._score_scale(energy(head.logits(window)))
+        self.snapshot = replace(
+            snapshot, refined=RefinedHead(head, reference, offset, window_clips=len(window))
+        )
+
+    def _head_logits(self, z: np.ndarray) -> torch.Tensor:
+        """Logits [N, C] of the head in use (refined, else the cached Θ)."""
+        assert self.snapshot is not None
+        if self.snapshot.refined is not None:
+            return self.snapshot.refined.head.logits(z)
+        return personalised_logits(
+            torch.from_numpy(np.asarray(z, dtype=np.float64)),
+            torch.from_numpy(self.snapshot.theta),
+            self.num_classes,
+        )
 
     def refresh_reason(self) -> str | None:
         """Why the per-device Θ should be refreshed now (None: keep it)."""
@@ -308,10 +382,9 @@ class Personalizer:
             overlap = np.intersect1d(current, self.snapshot.indices).size / current.size
             if overlap < self.min_overlap:
                 return "selection drift"
-        logits = personalised_logits(
-            torch.from_numpy(window), torch.from_numpy(self.snapshot.theta), self.num_classes
-        )
-        mean, std = self.snapshot.score_reference
+        logits = self._head_logits(window)
+        refined = self.snapshot.refined
+        mean, std = refined.score_reference if refined else self.snapshot.score_reference
         if abs(float(energy(logits).mean()) - mean) > self.score_shift * std:
             return "score drift"
         return None
@@ -333,9 +406,8 @@ class Personalizer:
             )
         self._refresh_if_due(len(z))
         assert self.snapshot is not None  # _refresh_if_due raised otherwise
-        return personalised_logits(
-            torch.from_numpy(z), torch.from_numpy(self.snapshot.theta), self.num_classes
-        )
+        self._refine_if_possible()
+        return self._head_logits(z)
 
     def _refresh_if_due(self, new_clips: int) -> None:
         """Refresh when the rules say so; offline, keep the cached Θ and retry later."""

@@ -89,6 +89,7 @@ def test_verdicts_of_a_shifted_head_match_the_global_heads(tmp_path, tiny_bundle
         transport, "cloud:1", "dev", d, c, model_key="m",
         settings=PersonalizationSettings(encrypted=False), window=60, min_window=60,
         reference_energy=reference_energy(tiny_bundle),
+        refinement=None,  # Θ as the cloud sent it: the offset of Θ itself is checked here
     )  # fmt: skip
     # the window is the reference itself: only the shift separates the two heads' Energy
     personalizer.observe(tiny_bundle.reference_features.double().numpy())

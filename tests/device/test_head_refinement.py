@@ -1,0 +1,171 @@
+"""The device's closed-form refinement of the cloud's Θ (device_client.head_refinement)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from device_client.gateway_client import PersonalizeReply, ServerUnreachableError
+from device_client.head_guard import HeadGuard
+from device_client.head_refinement import GaussianHead, RefinementSettings, refine_head
+from device_client.personalization import Personalizer
+from shared.hypernet import personalised_logits
+
+D, C = 8, 3
+CLEAN_MEANS = 4.0 * np.eye(C, D)  # class k sits at 4·e_k
+#: the camera moves every class: a common translation and a per-class drift
+SHIFT = np.array([1.75, -1.4, 1.05, 0.0, 2.1, 0.0, 0.0, 0.0])
+DRIFT = 1.2 * np.roll(np.eye(C, D), 1, axis=1)  # class k also drifts along e_(k+1)
+
+
+def global_theta() -> np.ndarray:
+    """The LDA head of the clean classes (identity covariance) in Θ layout."""
+    kernel = CLEAN_MEANS.T  # [D, C]
+    bias = -0.5 * (CLEAN_MEANS**2).sum(1)
+    return np.concatenate([kernel.reshape(-1), bias])
+
+
+def shifted_clips(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, C, n)
+    z = CLEAN_MEANS[y] + SHIFT + DRIFT[y] + rng.normal(0, 0.7, (n, D))
+    return z, y
+
+
+def accuracy(logits: torch.Tensor, y: np.ndarray) -> float:
+    return float((logits.argmax(1).numpy() == y).mean())
+
+
+def test_refinement_recovers_the_shifted_classes_without_labels():
+    window, _ = shifted_clips(64, seed=0)
+    z, y = shifted_clips(2000, seed=1)
+    theta = torch.from_numpy(global_theta())
+    before = accuracy(personalised_logits(torch.from_numpy(z), theta, C), y)
+    head = refine_head(window, global_theta(), C)
+    after = accuracy(head.logits(z), y)
+    # the oracle: the same LDA with the true shifted means
+    means = CLEAN_MEANS + SHIFT + DRIFT
+    oracle = accuracy(torch.from_numpy(z @ means.T - 0.5 * (means**2).sum(1)), y)
+    assert before < 0.9  # the shift hurts the cloud's head ...
+    assert after > before + 0.1  # ... the window's statistics repair it
+    assert after >= oracle - 0.03
+
+
+def test_the_quadratic_terms_are_common_to_all_classes():
+    window, _ = shifted_clips(64, seed=2)
+    head = refine_head(window, global_theta(), C)
+    z, _ = shifted_clips(50, seed=3)
+    linear = torch.from_numpy(z @ head.kernel + head.bias)
+    common = head.logits(z) - linear
+    # the same number added to every class: argmax and softmax are the LDA's
+    assert torch.allclose(common, common[:, :1].expand_as(common), atol=1e-9)
+    assert torch.equal(head.logits(z).argmax(1), linear.argmax(1))
+    assert not torch.allclose(common, torch.zeros_like(common))
+
+
+def test_energy_of_the_refined_head_flags_clips_off_the_cameras_classes():
+    window, _ = shifted_clips(64, seed=4)
+    head = refine_head(window, global_theta(), C)
+    z_id, _ = shifted_clips(200, seed=5)
+    rng = np.random.default_rng(6)
+    # off-manifold clips: as far from the window's mean as ID clips, in other directions
+    z_ood = SHIFT + np.concatenate([np.zeros((200, C)), rng.normal(0, 3.0, (200, D - C))], 1)
+    energy_id = torch.logsumexp(head.logits(z_id), 1)
+    energy_ood = torch.logsumexp(head.logits(z_ood), 1)
+    assert float((energy_ood < energy_id.median()).float().mean()) > 0.95
+
+
+@pytest.mark.parametrize(
+    "window, theta, message",
+    [
+        (np.zeros((8, D)), global_theta(), "at least 32"),
+        (np.full((64, D), np.nan), global_theta(), "finite"),
+        (np.zeros(D), global_theta(), r"\[W, D\]"),
+        (np.zeros((64, D)), np.zeros(5), "D·C \\+ C"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(window, theta, message):
+    with pytest.raises(ValueError, match=message):
+        refine_head(window, theta, C)
+
+
+BAD_SETTINGS = [
+    {"iterations": 0},
+    {"shrinkage": 0.0},
+    {"shrinkage": float("nan")},
+    {"min_window": 1},
+]
+
+
+@pytest.mark.parametrize("kwargs", BAD_SETTINGS)
+def test_settings_are_validated(kwargs):
+    with pytest.raises(ValueError):
+        RefinementSettings(**kwargs)
+
+
+class FixedTheta:
+    """A cloud that always answers with the same Θ (plaintext), or is unreachable."""
+
+    def __init__(self, theta: np.ndarray, reachable: bool = True) -> None:
+        self.theta, self.reachable, self.calls = theta, reachable, 0
+
+    def personalize(self, alpha, indices, encrypted=None, plain=None) -> PersonalizeReply:
+        self.calls += 1
+        if not self.reachable:
+            raise ServerUnreachableError("cloud down")
+        theta = self.theta.tolist()
+        return PersonalizeReply([], theta, "hypernetwork", 1, "ab" * 32, D, C, 0, 1, 1)
+
+
+def test_the_personalizer_refines_theta_once_the_window_is_large_enough():
+    cloud = FixedTheta(global_theta())
+    device = Personalizer(cloud, D, C, None, alpha=1.0, window=64, min_window=16)
+    first, _ = shifted_clips(16, seed=7)
+    logits = device.logits(first)  # refreshed on 16 clips: too few to refine
+    assert not device.refined
+    expected = personalised_logits(torch.from_numpy(first), torch.from_numpy(global_theta()), C)
+    assert torch.allclose(logits, expected)
+    more, _ = shifted_clips(40, seed=8)
+    device.logits(more)  # 56 clips now: refined on the device, no new request
+    assert device.refined and cloud.calls == 1
+    assert isinstance(device.head, GaussianHead)
+    z, y = shifted_clips(500, seed=9)
+    refined_logits = device.logits(z)
+    assert torch.allclose(refined_logits, device.head.logits(z))
+    cloud_logits = personalised_logits(torch.from_numpy(z), torch.from_numpy(global_theta()), C)
+    assert accuracy(refined_logits, y) > max(0.95, accuracy(cloud_logits, y) + 0.05)
+
+
+def test_a_restored_theta_is_refined_offline():
+    online = Personalizer(FixedTheta(global_theta()), D, C, None, alpha=1.0, min_window=32)
+    online.logits(shifted_clips(40, seed=10)[0])
+    assert online.refined
+    offline = Personalizer(
+        FixedTheta(global_theta(), reachable=False), D, C, None, alpha=1.0, min_window=32
+    )
+    offline.restore(online.snapshot.__class__(**{**online.snapshot.__dict__, "refined": None}))
+    offline.logits(shifted_clips(40, seed=11)[0])
+    assert offline.stale  # the refresh a restored Θ asks for failed ...
+    assert offline.refined  # ... and the device refined the cached Θ by itself
+
+
+def test_refinement_can_be_switched_off():
+    device = Personalizer(FixedTheta(global_theta()), D, C, None, alpha=1.0, refinement=None)
+    z, _ = shifted_clips(64, seed=12)
+    logits = device.logits(z)
+    assert not device.refined
+    assert torch.allclose(
+        logits, personalised_logits(torch.from_numpy(z), torch.from_numpy(global_theta()), C)
+    )
+
+
+def test_the_guard_checks_the_refined_head():
+    window, _ = shifted_clips(64, seed=13)
+    head = refine_head(window, global_theta(), C)
+    weight = torch.from_numpy(CLEAN_MEANS)
+    bias = torch.from_numpy(-0.5 * (CLEAN_MEANS**2).sum(1))
+    guard = HeadGuard(weight, bias)
+    state = guard.refresh(window, head)
+    assert state.trusted  # sharper and spread over the classes on its own window
+    assert torch.allclose(guard.logits(window), head.logits(window))
