@@ -159,6 +159,7 @@ class PersonalHead:
         if self.last_head == "global" or p.hypernet is None:
             return "global"
         status = "" if p.theta_status == "fresh" else f" {p.theta_status}"
+        status += ", refined" if p.refined else ""
         if self.guard is not None and self.last_guard_weight >= 1.0:
             return f"global(guard, v{p.hypernet.version}{status})"
         if self.guard is not None and self.last_guard_weight > 0.0:

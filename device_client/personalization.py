@@ -345,9 +345,10 @@ class Personalizer:
             snapshot, refined=RefinedHead(head, reference, offset, window_clips=len(window))
         )
 
-    def _head_logits(self, z: np.ndarray) -> torch.Tensor:
-        """Logits [N, C] of the head in use (refined, else the cached Θ)."""
-        assert self.snapshot is not None
+    def head_logits(self, z: np.ndarray) -> torch.Tensor:
+        """Logits [N, C] of the head in use (refined, else the cached Θ); z is not observed."""
+        if self.snapshot is None:
+            raise RuntimeError("no per-device Θ yet: refresh() first")
         if self.snapshot.refined is not None:
             return self.snapshot.refined.head.logits(z)
         return personalised_logits(
@@ -382,7 +383,7 @@ class Personalizer:
             overlap = np.intersect1d(current, self.snapshot.indices).size / current.size
             if overlap < self.min_overlap:
                 return "selection drift"
-        logits = self._head_logits(window)
+        logits = self.head_logits(window)
         refined = self.snapshot.refined
         mean, std = refined.score_reference if refined else self.snapshot.score_reference
         if abs(float(energy(logits).mean()) - mean) > self.score_shift * std:
@@ -407,7 +408,7 @@ class Personalizer:
         self._refresh_if_due(len(z))
         assert self.snapshot is not None  # _refresh_if_due raised otherwise
         self._refine_if_possible()
-        return self._head_logits(z)
+        return self.head_logits(z)
 
     def _refresh_if_due(self, new_clips: int) -> None:
         """Refresh when the rules say so; offline, keep the cached Θ and retry later."""

@@ -16,13 +16,11 @@ from device_client.state import DeviceIdentity, DeviceState
 
 def personalize(args: argparse.Namespace, state: DeviceState) -> int:
     """Observe a window of clips, refresh Θ with the cloud's HyperNetwork, show before/after."""
-    import torch
 
     from device_client.keyring import DeviceKeyring, PersonalizationSettings
     from device_client.personal_head import reference_energy
     from device_client.runtime import DeviceRuntime
     from shared.channel_importance import channel_count, check_alpha
-    from shared.hypernet import personalised_logits
 
     # Every check that needs no network comes first, so a bad call changes nothing.
     identity = state.load_identity()
@@ -63,10 +61,8 @@ def personalize(args: argparse.Namespace, state: DeviceState) -> int:
         started = time.perf_counter()
         if settings.mode == "per_device":
             personalizer.observe(z)
-            theta = personalizer.refresh("secdood-device personalize")
-            logits = personalised_logits(
-                before.features.double(), torch.from_numpy(theta), config.num_classes
-            )
+            personalizer.refresh("secdood-device personalize")
+            logits = personalizer.head_logits(z)  # refined on this window when large enough
         else:
             logits = personalizer.logits(z)
         first_s = time.perf_counter() - started
@@ -77,7 +73,7 @@ def personalize(args: argparse.Namespace, state: DeviceState) -> int:
             personalizer.refresh("secdood-device personalize")
             per_request = time.perf_counter() - started
     keyring.save_settings(settings)
-    guard = _guard(runtime, z, personalizer.theta) if settings.mode == "per_device" else None
+    guard = _guard(runtime, z, personalizer.head) if settings.mode == "per_device" else None
     threshold = _personal_threshold(runtime, args.detector, personalizer, guard)
     after = runtime.pipeline.score_features(
         before.features, args.detector, logits=logits.float(), threshold=threshold
@@ -110,6 +106,8 @@ def personalize(args: argparse.Namespace, state: DeviceState) -> int:
         f"{stats.bytes_down / stats.requests / 1024:.0f} KiB down per request"
         + (f"; first request with the upload {first_s:.2f} s" if uploaded else "")
     )
+    if settings.mode == "per_device":
+        print(_refinement_line(personalizer, len(z)))
     if guard is not None:
         print(_guard_line(guard))
         print(_threshold_line(runtime, args.detector, personalizer, threshold))
@@ -117,7 +115,24 @@ def personalize(args: argparse.Namespace, state: DeviceState) -> int:
     return 0
 
 
-def _guard(runtime, z: np.ndarray, theta: np.ndarray):
+def _refinement_line(personalizer, clips: int) -> str:
+    """Whether Θ was refined on the window (device_client.head_refinement) and how."""
+    settings = personalizer.refinement
+    if settings is None:
+        return "refinement: off (the cloud's theta is used as sent)"
+    if not personalizer.refined:
+        return (
+            f"refinement: not yet ({clips} window clips, needs {settings.min_window}); "
+            "the cloud's theta is used as sent"
+        )
+    return (
+        f"refinement: theta refined on {clips} window clips without labels "
+        f"({settings.iterations} EM iterations, shrinkage {settings.shrinkage}); "
+        "the refined head classifies and scores"
+    )
+
+
+def _guard(runtime, z: np.ndarray, theta):
     """The device guard of ``run --personalize``, checked on this window and Θ."""
     from device_client.head_guard import CONFIDENCE_SLACK, HeadGuard
 

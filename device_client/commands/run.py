@@ -194,6 +194,8 @@ def _run_report(args, flags: list[bool], truth, head, mean_ms: float, threshold:
             "guard": head.guard_report(),
             "energy_offset": p.energy_offset,
             "threshold_quantile": p.threshold_quantile,
+            # Θ refined on the window by the device (device_client.head_refinement)
+            "refined": p.refined,
         }
     return report
 

@@ -22,6 +22,7 @@ import device_client.keyring as keyring_module
 from device_client.channel_selection import select_channels
 from device_client.cli import main
 from device_client.head_guard import CONFIDENCE_SLACK, GUARD_SIGNAL, SIGNALS
+from device_client.head_refinement import MIN_WINDOW
 from device_client.keyring import DeviceKeyring
 from device_client.personalization import THRESHOLD_QUANTILE
 from device_client.simulated_camera import truth_path
@@ -130,6 +131,8 @@ def test_personalize_then_score_offline_from_the_cache_and_recover(
     out = capsys.readouterr().out
     assert "before (global head)" in out and "after (personalised)" in out
     assert f"theta: {HYPERNETWORK} v1" in out and "uploaded now" in out
+    # 20 clips are too few to refine Θ on (device_client.head_refinement.MIN_WINDOW)
+    assert f"refinement: not yet (20 window clips, needs {MIN_WINDOW})" in out
     keyring = DeviceKeyring(state)
     assert mode_of(keyring.secret_path) == 0o600 and mode_of(keyring.he_dir) == 0o700
     assert mode_of(state.root / keyring_module.THETA_FILE) == 0o600
@@ -218,6 +221,7 @@ def test_personalize_then_score_offline_from_the_cache_and_recover(
     )
     report = json_tail(capsys.readouterr().out)
     assert report["stale"] is False and report["theta_status"] == "fresh"
+    assert report["refined"] is False  # a 16-clip window: too few to refine on
     assert report["refreshes"] == 1
     guard = report["guard"]  # the run loop's guard checked the refreshed Θ on its window
     assert guard["confidence_slack"] == CONFIDENCE_SLACK and guard["trusted"] is not None
