@@ -32,6 +32,14 @@ Without ``--base-model`` the latest registered base model of ``$SECDOOD_DATA_DIR
    device's Θ; test devices report the old rule (msp, 0.05) beside the chosen one.
 7. **Per-sample mode** of the same H (one Θ per clip) beside per-device mode on the seen
    devices.
+8. **Device-side refinement** (:mod:`device_client.head_refinement`): the device refines
+   the cloud's α = 0.25 Θ on its own 64-clip window without labels — closed-form EM of a
+   Gaussian mixture with one shared, shrunk covariance started from Θ, giving an LDA head
+   whose Energy is a relative Mahalanobis score (Ren et al. 2021). Its setting (EM
+   iterations × shrinkage, :data:`REFINEMENT_GRID`) is chosen on the validation and harder
+   validation devices only, with the same criterion as H's (best mean accuracy, no device
+   more than one point below global); every population reports it alone and behind the
+   chosen device guard, plus its device-side cost (median ms of one refinement).
 
 The ``device`` H gives one Θ per device from the window mean (per-device mode); the
 paper's H one Θ per clip. Energy and MSP score the logits. Accuracy/AUROC numbers use
@@ -51,6 +59,7 @@ import io
 import json
 import math
 import os
+import platform
 import statistics
 import tempfile
 import time
@@ -64,8 +73,10 @@ import torch
 import torch.nn.functional as F
 
 from bench.report import default_base_model_path, write_section
+from device_client import head_refinement
 from device_client.gateway_client import GatewayClient
 from device_client.head_guard import SIGNALS, GuardSignal, HeadGuard
+from device_client.head_refinement import RefinementSettings, refine_head
 from device_client.keyring import DeviceKeyring, PersonalizationSettings
 from device_client.state import DeviceState
 from server.gateway import build_grpc_server
@@ -130,6 +141,14 @@ GUARD_RULES: tuple[tuple[GuardSignal, float | None], ...] = (
 OLD_GUARD_RULE: tuple[GuardSignal, float] = ("msp", 0.05)
 #: harder validation devices (validation families, drawn like the harder test population)
 HARD_VAL_DEVICES = 8
+#: device-side refinement of the cloud's Θ (``device_client.head_refinement``): the α of the
+#: Θ it starts from, and the (iterations, shrinkage) grid tried on validation devices only
+REFINEMENT_ALPHA = 0.25
+REFINEMENT_GRID: tuple[tuple[int, float], ...] = tuple(
+    (iterations, shrinkage) for iterations in (2, 3, 5) for shrinkage in (0.3, 1.0, 3.0)
+)
+#: timed refine_head calls on one 64-clip window (the median is reported)
+REFINEMENT_TIMING_CALLS = 30
 #: bump when device embeddings would change (shift code, clip choice), to skip stale caches
 CACHE_VERSION = 2
 SECTION_TITLE = "Personalisation: HyperNetwork over CKKS vs global head vs fine-tuning"
@@ -461,20 +480,154 @@ def guard_signal_correlation(hypernet: FoldedH, bundle, populations: list[Device
     return {name: float(spearmanr(values, gains).statistic) for name, values in differences.items()}
 
 
+def window_theta(hypernet: FoldedH, window: np.ndarray, alpha: float = REFINEMENT_ALPHA):
+    """The per-device Θ of the window (window mean on its top-α channels), plaintext mode."""
+    indices = top_alpha_channels(channel_importance(window), alpha)
+    return hypernet.theta(window.mean(0), indices)
+
+
+def choose_refinement(
+    hypernet: FoldedH, bundle, populations: list[DeviceSet]
+) -> tuple[RefinementSettings, list[dict[str, Any]]]:
+    """The device-side refinement setting (EM iterations, shrinkage), chosen on validation
+    devices only: per device, Θ from its first 64 clips (α = 0.25), refined on those clips,
+    accuracy over all of the device's clips.
+
+    Criterion (fixed before any result): the best mean accuracy over all validation devices
+    among the settings that leave no device more than one point below the global head; if
+    none does, the best mean. Ties: the earlier setting of :data:`REFINEMENT_GRID`."""
+    head = bundle.model.fused_head
+    weight, bias = head.weight.detach().double(), head.bias.detach().double()
+    cases = []
+    for population, devices in enumerate(populations):
+        for profile, z, y in zip(devices.profiles, devices.z.double(), devices.y, strict=True):
+            window = z[:WINDOW].numpy()
+            theta = window_theta(hypernet, window)
+            cases.append(
+                {
+                    "population": population,
+                    "device": profile.name,
+                    "z": z,
+                    "y": y,
+                    "window": window,
+                    "theta": theta,
+                    "global": accuracy(z @ weight.T + bias, y),
+                    "secdood": accuracy(
+                        personalised_logits(z, torch.from_numpy(theta), hypernet.classes), y
+                    ),
+                }
+            )
+    rows = []
+    for iterations, shrinkage in REFINEMENT_GRID:
+        settings = RefinementSettings(iterations, shrinkage)
+        accuracies, deltas = [], []
+        for case in cases:
+            refined = refine_head(case["window"], case["theta"], hypernet.classes, settings)
+            acc = accuracy(refined.logits(case["z"]), case["y"])
+            accuracies.append(acc)
+            deltas.append((acc - case["global"], case["device"]))
+        worst, worst_device = min(deltas)
+        pairs = list(zip(accuracies, cases, strict=True))
+        rows.append(
+            {
+                "iterations": iterations,
+                "shrinkage": shrinkage,
+                "val_accuracy": float(np.mean(accuracies)),
+                "val_accuracy_per_population": [
+                    float(np.mean([a for a, c in pairs if c["population"] == p]))
+                    for p in range(len(populations))
+                ],
+                "val_accuracy_global": float(np.mean([c["global"] for c in cases])),
+                "val_accuracy_secdood": float(np.mean([c["secdood"] for c in cases])),
+                "worst_delta": float(worst),
+                "worst_device": worst_device,
+                "devices": len(cases),
+            }
+        )
+        print(f"  refinement {json.dumps(rows[-1])}", flush=True)
+    safe = [r for r in rows if r["worst_delta"] >= -0.01] or rows
+    best = max(safe, key=lambda r: (round(r["val_accuracy"], 9), -rows.index(r)))
+    return RefinementSettings(best["iterations"], best["shrinkage"]), rows
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else ``platform.processor()``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def refinement_cost(
+    hypernet: FoldedH, device: dict, settings: RefinementSettings, calls: int
+) -> dict[str, Any]:
+    """Device-side wall time of one ``refine_head`` on a 64-clip window (median of ``calls``
+    timed calls after one warm-up), in milliseconds."""
+    window = device["test"][:WINDOW].numpy()
+    theta = window_theta(hypernet, window)
+    refine_head(window, theta, hypernet.classes, settings)
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        refine_head(window, theta, hypernet.classes, settings)
+        times.append(1000 * (time.perf_counter() - started))
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = sorted({f"{i['internal_api']} {i['num_threads']}" for i in threadpool_info()})
+    except ImportError:
+        blas = []
+    return {
+        "median_ms": statistics.median(times),
+        "min_ms": min(times),
+        "max_ms": max(times),
+        "calls": calls,
+        "window": len(window),
+        "embed_dim": int(window.shape[1]),
+        "classes": hypernet.classes,
+        "iterations": settings.iterations,
+        "shrinkage": settings.shrinkage,
+        "cpu": cpu_model(),
+        "processor": platform.processor(),
+        "torch_threads": torch.get_num_threads(),
+        "native_thread_pools": blas,
+    }
+
+
 def window_indices(window: np.ndarray, alpha: float) -> Callable[[int], np.ndarray]:
     chosen = top_alpha_channels(channel_importance(window), alpha)
     return lambda _i: chosen
 
 
 def evaluate_devices(
-    pipeline, bundle, devices, hypernet: FoldedH, paper: FoldedH, guards: dict[str, dict]
+    pipeline,
+    bundle,
+    devices,
+    hypernet: FoldedH,
+    paper: FoldedH,
+    guards: dict[str, dict],
+    refinement: RefinementSettings,
 ):
     """Per-device rows for every head on a list of evaluation devices (``guards``: head
-    name → HeadGuard arguments, e.g. the chosen and the old refresh rule)."""
+    name → HeadGuard arguments, e.g. the chosen and the old refresh rule; ``refinement``:
+    the device-side refinement of the α = 0.25 Θ, behind the chosen guard as well)."""
     head = bundle.model.fused_head
     weight, bias = head.weight.detach().double(), head.bias.detach().double()
     rows: dict[str, list[dict[str, float]]] = {
-        k: [] for k in ("global", "personalised", "paper", "finetuned", *guards)
+        k: []
+        for k in (
+            "global",
+            "personalised",
+            "paper",
+            "finetuned",
+            "refined",
+            "refined_guarded",
+            *(f"{h}{OUTSIDE}" for h in OUTSIDE_HEADS),
+            *guards,
+        )
     }
     rows |= {f"alpha_{a}": [] for a in ALPHAS} | {"random_0.25": [], "per_sample_mode": []}
     guard_log = []
@@ -504,6 +657,23 @@ def evaluate_devices(
                 entry[name] = asdict(state)
                 trusted = state.trusted
             rows[name].append(rows["personalised"][-1] if trusted else global_row)
+        # the device refines the cloud's Θ on the same window (label-free EM), then the
+        # chosen guard checks the refined head against the global one
+        refined = refine_head(window, window_theta(hypernet, window), hypernet.classes, refinement)
+        rows["refined"].append(detection_metrics(pipeline, device, refined.logits))
+        state = HeadGuard(weight, bias, **guards["guarded"]).refresh(window, refined)
+        entry["refined_guarded"] = asdict(state)
+        rows["refined_guarded"].append(rows["refined"][-1] if state.trusted else global_row)
+        # the window's clips are also scored above, and the refined head's Gaussians were
+        # fitted on them: the same heads scored on the ID clips outside the window only
+        outside = {**device, "test": device["test"][WINDOW:], "labels": device["labels"][WINDOW:]}
+        personal_of = hypernet.logits_for(window, window_indices(window, 0.25))
+        for name, logits_of in (
+            ("global", lambda z: z @ weight.T + bias),
+            ("personalised", personal_of),
+            ("refined", refined.logits),
+        ):
+            rows[f"{name}_outside_window"].append(detection_metrics(pipeline, outside, logits_of))
         guard_log.append(entry)
         paper_logits = paper.logits_for(window, window_indices(window, 0.25))
         rows["paper"].append(detection_metrics(pipeline, device, paper_logits))
@@ -512,7 +682,21 @@ def evaluate_devices(
     return rows, guard_log
 
 
-HEADS = ("global", "personalised", "guarded", "guarded_old", "paper", "finetuned")
+HEADS = (
+    "global",
+    "personalised",
+    "guarded",
+    "guarded_old",
+    "refined",
+    "refined_guarded",
+    "paper",
+    "finetuned",
+)
+#: heads also scored on the ID clips outside the window (suffix :data:`OUTSIDE`)
+OUTSIDE_HEADS = ("global", "personalised", "refined")
+OUTSIDE = "_outside_window"
+#: heads whose gap to fine-tuning and worst device vs global each population reports
+GAP_HEADS = ("personalised", "guarded", "guarded_old", "refined", "refined_guarded")
 METRICS = ("id_acc", "near_auroc", "near_hard_auroc", "far_auroc")
 
 
@@ -531,6 +715,8 @@ def unseen_block(devices: list[dict], rows: dict[str, list[dict]], guard_log: li
         "personalised": summary(average(rows["personalised"])),
         "guarded": summary(average(rows["guarded"])),
         "guarded_old": summary(average(rows["guarded_old"])),
+        "refined": summary(average(rows["refined"])),
+        "refined_guarded": summary(average(rows["refined_guarded"])),
         "paper_per_sample": summary(average(rows["paper"])),
         "finetuned": summary(average(rows["finetuned"])),
         "near_hard_available": "near_hard" in OOD_SPLITS,
@@ -539,7 +725,11 @@ def unseen_block(devices: list[dict], rows: dict[str, list[dict]], guard_log: li
         "guard": guard_log,
         "full": {k: average(v) for k, v in rows.items()},
     }
-    for head in ("personalised", "guarded", "guarded_old"):
+    if all(f"{h}{OUTSIDE}" in rows for h in OUTSIDE_HEADS):
+        block["outside_window"] = {
+            h: summary(average(rows[f"{h}{OUTSIDE}"])) for h in OUTSIDE_HEADS
+        }
+    for head in GAP_HEADS:
         block[f"{head}_gap_to_finetuned"] = {
             m: _diff(block["finetuned"][m], block[head][m]) for m in METRICS
         }
@@ -675,11 +865,18 @@ def main() -> None:
         },
         "guarded_old": {"signal": OLD_GUARD_RULE[0], "confidence_slack": OLD_GUARD_RULE[1]},
     }
-    seen_rows, _ = evaluate_devices(pipeline, bundle, seen, hypernet, paper, guards)
-    unseen_rows, guard_log = evaluate_devices(pipeline, bundle, unseen, hypernet, paper, guards)
-    hard_rows, hard_guard_log = evaluate_devices(
-        pipeline, bundle, unseen_hard, hypernet, paper, guards
-    )
+    print("choosing the device-side refinement on validation devices ...", flush=True)
+    refinement, refinement_sweep = choose_refinement(hypernet, bundle, [val, val_hard])
+    print(f"  chosen refinement: {refinement}", flush=True)
+    refinement_ms = refinement_cost(hypernet, seen[0], refinement, REFINEMENT_TIMING_CALLS)
+    print(f"  refinement cost: {json.dumps(refinement_ms)}", flush=True)
+
+    def evaluate(devices: list[dict]):
+        return evaluate_devices(pipeline, bundle, devices, hypernet, paper, guards, refinement)
+
+    seen_rows, seen_guard_log = evaluate(seen)
+    unseen_rows, guard_log = evaluate(unseen)
+    hard_rows, hard_guard_log = evaluate(unseen_hard)
 
     requests = args.he_requests or (3 if quick else 5)
     print(f"encrypted requests ({requests} per entry) ...", flush=True)
@@ -702,14 +899,22 @@ def main() -> None:
         **average(seen_rows["per_sample_mode"]),
         **{k: v for k, v in costs["0.25"].items() if k != "max_logit_diff"},
     }
+    for name in ("refined", "refined_guarded"):  # the device refines the α = 0.25 Θ
+        results[name] = {
+            **average(seen_rows[name]),
+            **{k: v for k, v in costs["0.25"].items() if k != "max_logit_diff"},
+        }
     results["global"] = {**average(seen_rows["global"]), **zero_cost}
     results["finetuned"] = {**average(seen_rows["finetuned"]), **zero_cost}
     results["per_device_shift"] = [d["shift"] for d in seen]
     results["per_device_accuracy"] = {
         "global": [r["id_accuracy"] for r in seen_rows["global"]],
         "alpha_0.25": [r["id_accuracy"] for r in seen_rows["alpha_0.25"]],
+        "refined": [r["id_accuracy"] for r in seen_rows["refined"]],
+        "refined_guarded": [r["id_accuracy"] for r in seen_rows["refined_guarded"]],
         "finetuned": [r["id_accuracy"] for r in seen_rows["finetuned"]],
     }
+    results["seen"] = unseen_block(seen, seen_rows, seen_guard_log)
     results["unseen"] = unseen_block(unseen, unseen_rows, guard_log)
     results["unseen_hard"] = unseen_block(unseen_hard, hard_rows, hard_guard_log)
     results["validation_sweep"] = sweep
@@ -721,6 +926,28 @@ def main() -> None:
         "standard": len(val.profiles),
         "hard": [p.name for p in val_hard.profiles],
     }
+    results["refinement_validation_sweep"] = refinement_sweep
+    results["refinement_setting"] = {
+        "alpha": REFINEMENT_ALPHA,
+        "iterations": refinement.iterations,
+        "shrinkage": refinement.shrinkage,
+        "min_window": refinement.min_window,
+        "device_defaults": {
+            "iterations": head_refinement.ITERATIONS,
+            "shrinkage": head_refinement.SHRINKAGE,
+        },
+        "equals_device_defaults": (
+            refinement.iterations == head_refinement.ITERATIONS
+            and refinement.shrinkage == head_refinement.SHRINKAGE
+        ),
+    }
+    # settings the sweep leaves at the device's defaults (e.g. a weight of the cloud's head)
+    results["refinement_setting"]["unswept"] = {
+        f.name: getattr(refinement, f.name)
+        for f in dataclasses.fields(refinement)
+        if f.name not in ("iterations", "shrinkage", "min_window")
+    }
+    results["refinement_ms"] = refinement_ms
     results["chosen_setting"] = {k: getattr(train_config, k) for k in SWEEP[0]}
     results["hypernetwork_training"] = train_metrics
     results["paper_hypernetwork_training"] = {
@@ -770,6 +997,9 @@ def _rows(results: dict):
     yield "SecDOOD random 0.25", results["random_0.25"]
     if "per_sample_mode_0.25" in results:
         yield "SecDOOD H fed per clip (per-sample mode) 0.25", results["per_sample_mode_0.25"]
+    if "refined" in results:
+        yield "SecDOOD α=0.25 + device refinement (label-free EM)", results["refined"]
+        yield "SecDOOD α=0.25 + device refinement + guard", results["refined_guarded"]
     yield "paper H, per-sample 0.25 (as before)", results["paper_per_sample_0.25"]
     yield "global head", results["global"]
     yield "fine-tuned head (backprop)", results["finetuned"]
@@ -804,8 +1034,18 @@ UNSEEN_ROWS = (
     ("personalised", "SecDOOD α = 0.25 (encrypted)"),
     ("guarded", "SecDOOD α = 0.25 + device guard (chosen rule)"),
     ("guarded_old", "SecDOOD α = 0.25 + old guard (msp, slack 0.05)"),
+    ("refined", "SecDOOD α = 0.25 + device refinement (label-free EM on the window)"),
+    ("refined_guarded", "SecDOOD α = 0.25 + device refinement + device guard (chosen rule)"),
     ("paper_per_sample", "paper H, per-sample, trained on 8 fixed shifts (before)"),
     ("finetuned", "per-device fine-tuning (backprop)"),
+)
+
+
+#: (head, label) of the gap-to-fine-tuning and worst-device rows of each population's table
+GAP_LABELS = (
+    ("personalised", "SecDOOD"),
+    ("refined", "refined"),
+    ("refined_guarded", "refined + guard"),
 )
 
 
@@ -822,14 +1062,16 @@ def unseen_markdown(unseen: dict) -> str:
             f"| {name} | {_fmt(r['id_acc'])} | {_fmt(r['near_auroc'])} "
             f"| {_fmt(r['near_hard_auroc'])} | {_fmt(r['far_auroc'])} |"
         )
-    if "personalised_gap_to_finetuned" in unseen:
-        gap = unseen["personalised_gap_to_finetuned"]
-        worst = unseen["personalised_worst_vs_global"]
+    for head, label in GAP_LABELS:
+        if f"{head}_gap_to_finetuned" not in unseen:
+            continue
+        gap = unseen[f"{head}_gap_to_finetuned"]
+        worst = unseen[f"{head}_worst_vs_global"]
         lines.append(
-            "| gap: fine-tuned − SecDOOD | " + " | ".join(_signed(gap[m]) for m in METRICS) + " |"
+            f"| gap: fine-tuned − {label} | " + " | ".join(_signed(gap[m]) for m in METRICS) + " |"
         )
         lines.append(
-            "| worst device: SecDOOD − global | "
+            f"| worst device: {label} − global | "
             + " | ".join(
                 "missing"
                 if worst[m] is None
@@ -838,19 +1080,23 @@ def unseen_markdown(unseen: dict) -> str:
             )
             + " |"
         )
+    refined = bool(unseen["devices"]) and "refined" in unseen["devices"][0]
+    heads = ("global", "personalised", *(("refined",) if refined else ()), "finetuned")
+    names = " / ".join(
+        {"global": "global", "personalised": "SecDOOD", "refined": "refined"}.get(h, "fine-tuned")
+        for h in heads
+    )
     lines += [
         "",
-        "| unseen device (test split) | ID acc global / SecDOOD / fine-tuned "
-        "| near AUROC global / SecDOOD / fine-tuned | far AUROC global / SecDOOD / fine-tuned |",
+        f"| unseen device (test split) | ID acc {names} | near AUROC {names} | far AUROC {names} |",
         "|---|---|---|---|",
     ]
     for d in unseen["devices"]:
-        g, p, t = d["global"], d["personalised"], d["finetuned"]
-        lines.append(
-            f"| {d['shift']} | {g['id_acc']:.3f} / {p['id_acc']:.3f} / {t['id_acc']:.3f} "
-            f"| {g['near_auroc']:.3f} / {p['near_auroc']:.3f} / {t['near_auroc']:.3f} "
-            f"| {g['far_auroc']:.3f} / {p['far_auroc']:.3f} / {t['far_auroc']:.3f} |"
-        )
+        cells = [
+            " / ".join(f"{d[h][metric]:.3f}" for h in heads)
+            for metric in ("id_acc", "near_auroc", "far_auroc")
+        ]
+        lines.append(f"| {d['shift']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -960,6 +1206,7 @@ def section_markdown(results: dict) -> str:
         f"on validation): personalised head kept on {_kept(unseen)} devices.\n\n"
         f"{unseen_markdown(unseen)}\n\n"
         f"{hard_section(results)}"
+        f"{refinement_markdown(results)}"
         f"{guard_markdown(results)}"
         f"Validation sweep (validation devices only):\n\n{sweep_markdown(results)}\n\n"
         "![personalisation](docs/img/personalization.png)\n"
@@ -970,6 +1217,177 @@ def section_markdown(results: dict) -> str:
             else ""
         )
     )
+
+
+#: heads of the refinement summary table
+SUMMARY_HEADS = (
+    ("global", "global head"),
+    ("personalised", "SecDOOD α = 0.25"),
+    ("refined", "SecDOOD α = 0.25 + device refinement"),
+    ("refined_guarded", "… + device guard"),
+    ("finetuned", "fine-tuned (backprop)"),
+)
+POPULATIONS = (
+    ("seen", "seen"),
+    ("unseen", "unseen"),
+    ("unseen_hard", "harder unseen"),
+)
+
+
+def _worst_cell(block: dict, head: str, metric: str) -> str:
+    worst = block.get(f"{head}_worst_vs_global", {}).get(metric)
+    return "—" if worst is None else f"{worst['delta']:+.3f} ({worst['device']})"
+
+
+def refinement_summary_markdown(results: dict) -> str:
+    """Global, SecDOOD, refined (± guard) and fine-tuned heads on the three populations."""
+    lines = [
+        "| population | head | ID acc | near AUROC | near-hard AUROC | far AUROC "
+        "| gap FT − head (ID / near / near-hard / far) | worst device vs global: ID acc "
+        "| worst device vs global: near AUROC |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, population in POPULATIONS:
+        block = results.get(key)
+        if block is None or "refined" not in block:
+            continue
+        for head, label in SUMMARY_HEADS:
+            r = block[head]
+            gap = block.get(f"{head}_gap_to_finetuned")
+            gaps = "—" if gap is None else " / ".join(_signed(gap[m]) for m in METRICS)
+            lines.append(
+                f"| {population} ({len(block['devices'])}) | {label} | {_fmt(r['id_acc'])} "
+                f"| {_fmt(r['near_auroc'])} | {_fmt(r['near_hard_auroc'])} "
+                f"| {_fmt(r['far_auroc'])} | {gaps} | {_worst_cell(block, head, 'id_acc')} "
+                f"| {_worst_cell(block, head, 'near_auroc')} |"
+            )
+    return "\n".join(lines)
+
+
+def refinement_sweep_markdown(results: dict) -> str:
+    rows = results["refinement_validation_sweep"]
+    lines = [
+        "| EM iterations | shrinkage λ | val acc (all) | val / harder val "
+        "| worst device Δ vs global |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        per = " / ".join(f"{a:.3f}" for a in r["val_accuracy_per_population"])
+        lines.append(
+            f"| {r['iterations']} | {r['shrinkage']:g} | {r['val_accuracy']:.4f} | {per} "
+            f"| {r['worst_delta']:+.3f} ({r['worst_device']}) |"
+        )
+    return "\n".join(lines)
+
+
+def refinement_markdown(results: dict) -> str:
+    """How the device refines Θ, how its setting was chosen, its cost and its numbers."""
+    setting = results.get("refinement_setting")
+    if setting is None:
+        return ""
+    sweep = results["refinement_validation_sweep"]
+    cost = results["refinement_ms"]
+    defaults = setting["device_defaults"]
+    same = (
+        "the device's defaults"
+        if setting["equals_device_defaults"]
+        else f"**not** the device's defaults (ITERATIONS = {defaults['iterations']}, "
+        f"SHRINKAGE = {defaults['shrinkage']:g} in `device_client/head_refinement.py`); "
+        "every test row uses the chosen setting"
+    )
+    devices = results.get("guard_validation_devices", {})
+    kept = "; ".join(
+        f"{name}: {_kept(results[key], 'refined_guarded')}"
+        for key, name in POPULATIONS
+        if key in results and all("refined_guarded" in g for g in results[key]["guard"])
+    )
+    return (
+        "**Device-side refinement of Θ.** The device refines the cloud's α = 0.25 Θ on its "
+        f"own {WINDOW}-clip window, without labels or backprop "
+        "(`device_client/head_refinement.py`): a few closed-form EM steps of a Gaussian "
+        "mixture with one shared covariance shrunk towards the identity, started from Θ so "
+        "that cluster k stays class k, give an LDA head. Its logits carry a class-common "
+        "term, so its Energy is the log-likelihood ratio of the clip under the camera's "
+        "class Gaussians against one Gaussian of the whole window — a relative Mahalanobis "
+        "score (Ren et al. 2021) — and the device's Energy verdicts use it unchanged. The "
+        "cloud sees nothing more than for SecDOOD (same encrypted request). Like SecDOOD's "
+        "Θ, it assumes the window is the camera's ID stream (here the first "
+        f"{WINDOW} test clips, which are also scored).\n\n"
+        f"Setting (EM iterations × shrinkage λ) chosen on validation devices only "
+        f"({devices.get('standard', '?')} validation devices + "
+        f"{len(devices.get('hard', []))} harder validation devices from the validation "
+        f"families; Θ and refinement from each device's first {WINDOW} clips, accuracy over "
+        "all its clips; criterion fixed beforehand: best mean accuracy among settings "
+        "leaving no validation device more than 1 point below the global head, ties → "
+        f"earlier in the grid): **{setting['iterations']} iterations, λ = "
+        f"{setting['shrinkage']:g}**, {same}"
+        + "".join(
+            f"; {name} = {value} (the device's default, not swept)"
+            for name, value in setting.get("unswept", {}).items()
+        )
+        + ". Validation accuracy of the global head "
+        f"{sweep[0]['val_accuracy_global']:.3f}, of SecDOOD's Θ unrefined "
+        f"{sweep[0]['val_accuracy_secdood']:.3f}.\n\n"
+        f"{refinement_sweep_markdown(results)}\n\n"
+        f"Device cost of one refinement ({cost['window']} clips × {cost['embed_dim']} "
+        f"dimensions, {cost['classes']} classes, {cost['iterations']} iterations): median "
+        f"**{cost['median_ms']:.2f} ms** over {cost['calls']} timed calls "
+        f"(min {cost['min_ms']:.2f}, max {cost['max_ms']:.2f}) on {cost['cpu']}, torch "
+        f"threads {cost['torch_threads']}"
+        + (
+            f", native thread pools {', '.join(cost['native_thread_pools'])}"
+            if cost.get("native_thread_pools")
+            else ""
+        )
+        + f"; once per refresh, not per clip. Guard (chosen rule) kept the refined head on: "
+        f"{kept}.\n\n"
+        f"{refinement_summary_markdown(results)}\n\n"
+        f"{refinement_caveats(results)}"
+    )
+
+
+def outside_window_markdown(results: dict) -> str:
+    lines = [
+        "| population | head | ID acc | near AUROC | near-hard AUROC | far AUROC |",
+        "|---|---|---|---|---|---|",
+    ]
+    labels = dict(SUMMARY_HEADS)
+    for key, population in POPULATIONS:
+        outside = results.get(key, {}).get("outside_window")
+        for head, r in (outside or {}).items():
+            lines.append(
+                f"| {population} | {labels.get(head, head)} | {_fmt(r['id_acc'])} "
+                f"| {_fmt(r['near_auroc'])} | {_fmt(r['near_hard_auroc'])} "
+                f"| {_fmt(r['far_auroc'])} |"
+            )
+    return "\n".join(lines)
+
+
+def refinement_caveats(results: dict) -> str:
+    """What the refined head's numbers do and do not show."""
+    present = [(k, n) for k, n in POPULATIONS if "refined" in results.get(k, {})]
+    id_change = ", ".join(
+        f"{name} {results[k]['refined']['id_acc'] - results[k]['personalised']['id_acc']:+.3f}"
+        for k, name in present
+    )
+    text = f"ID accuracy, refined − SecDOOD's Θ as sent: {id_change}. "
+    if "refined" in results:
+        seen = results["refined"]
+        text += (
+            "The refined head's MSP is no OOD score to use (seen: near AUROC "
+            f"{seen['near_auroc_msp']:.3f} by MSP vs {seen['near_auroc']:.3f} by Energy; the "
+            "LDA's softmax is overconfident); its Energy is the one meant. "
+        )
+    if any("outside_window" in results.get(k, {}) for k, _ in present):
+        text += (
+            f"The {WINDOW} window clips are also among the scored ID clips, and the refined "
+            "head's Gaussians were fitted on them (SecDOOD's Θ only on their mean); the same "
+            "heads scored on the ID clips outside the window only (same OOD clips):\n\n"
+            f"{outside_window_markdown(results)}\n\n"
+        )
+    else:
+        text += "\n\n"
+    return text
 
 
 def hard_section(results: dict) -> str:
@@ -1012,7 +1430,8 @@ def plot(results: dict, path: Path) -> None:
 
 
 def plot_unseen(block: dict, path: Path, title: str) -> None:
-    """Per unseen device: ID accuracy and near/far AUROC of global, SecDOOD, fine-tuned."""
+    """Per unseen device: ID accuracy and near/far AUROC of global, SecDOOD, SecDOOD refined
+    on the device, fine-tuned."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1025,14 +1444,18 @@ def plot_unseen(block: dict, path: Path, title: str) -> None:
     heads = (
         ("global", "global head"),
         ("personalised", "SecDOOD α=0.25"),
+        ("refined", "SecDOOD α=0.25 + device refinement"),
         ("finetuned", "fine-tuned"),
     )
+    heads = tuple(h for h in heads if not devices or h[0] in devices[0])
+    width = 0.8 / len(heads)
+    offsets = (np.arange(len(heads)) - (len(heads) - 1) / 2) * width
     for axis, metric in zip(axes, ("id_acc", "near_auroc", "far_auroc"), strict=True):
-        for offset, (key, label) in zip((-0.27, 0.0, 0.27), heads, strict=True):
-            axis.bar(x + offset, [d[key][metric] for d in devices], width=0.27, label=label)
+        for offset, (key, label) in zip(offsets, heads, strict=True):
+            axis.bar(x + offset, [d[key][metric] for d in devices], width=width, label=label)
         axis.set_ylabel(metric)
         axis.set_ylim(0, 1.02)
-    axes[0].legend(fontsize=8, ncol=3, loc="lower left")
+    axes[0].legend(fontsize=8, ncol=len(heads), loc="lower left")
     axes[0].set_title(f"unseen devices ({title})")
     axes[-1].set_xticks(x, names, rotation=35, ha="right", fontsize=7)
     fig.tight_layout()
