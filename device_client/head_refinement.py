@@ -20,16 +20,23 @@ refresh (milliseconds for W = 64, D = 128; measured in BENCHMARKS.md).
 
 The refined head scores OOD as well as classifying: its logits are the class-conditional
 Gaussian log-likelihoods relative to one Gaussian fitted to the whole window
-(mean m₀, shrunk precision P₀):
+(mean m₀, shrunk precision P₀), plus β times the cloud head's logits (K_Θ, b_Θ):
 
     logit_k(z) = zᵀP μ_k − ½ μ_kᵀP μ_k + log π_k − ½ zᵀP z + ½ (z − m₀)ᵀP₀(z − m₀)
+                 + β·(z·K_Θ + b_Θ)_k
 
-The two quadratic terms are the same for every class, so the argmax and the softmax
-(MSP) are the LDA's, while the Energy ``logsumexp_k logit_k`` becomes the log-likelihood
+The two quadratic terms are the same for every class, so they leave the argmax and the
+softmax (MSP) alone, while the Energy ``logsumexp_k logit_k`` becomes the log-likelihood
 ratio of "one of the camera's classes" against "the camera's stream as a whole": the
 relative Mahalanobis distance of Ren et al. 2021 ("A Simple Fix to Mahalanobis Distance
 for Improving Near-OOD Detection"), in soft-min form. A clip far from every class cluster
 of *this* camera gets a low Energy, so the device's Energy verdicts use it unchanged.
+
+The β term keeps the cloud's head in the vote: β·(cloud logits) multiplies the window's
+class posteriors by the cloud head's posteriors to the power β (a product of experts). The
+window's 64 clips estimate 6 means and a 128-dimensional covariance; on cameras like those
+H was trained on, H's head is already close to fine-tuning and the estimate only adds
+noise; on unfamiliar cameras the window's statistics carry what H cannot know.
 """
 
 from __future__ import annotations
@@ -46,6 +53,9 @@ from shared.hypernet import split_theta
 #: λ ∈ [0.3, 3] and 2–10 iterations there
 ITERATIONS = 3
 SHRINKAGE = 1.0
+#: β, the weight of the cloud head's logits in the refined head; chosen on validation
+#: devices of seen shifts and of the validation families (docs/personalization.md)
+CLOUD_WEIGHT = 3.0
 #: fewest window clips a refinement is computed from (fewer: the cloud's Θ is used as is)
 MIN_WINDOW = 32
 
@@ -57,6 +67,7 @@ class RefinementSettings:
     iterations: int = ITERATIONS
     shrinkage: float = SHRINKAGE
     min_window: int = MIN_WINDOW
+    cloud_weight: float = CLOUD_WEIGHT
 
     def __post_init__(self) -> None:
         if isinstance(self.iterations, bool) or not 1 <= int(self.iterations) <= 100:
@@ -65,17 +76,23 @@ class RefinementSettings:
             raise ValueError(f"shrinkage must be a positive number, got {self.shrinkage!r}")
         if self.min_window < 2:
             raise ValueError(f"min_window must be >= 2, got {self.min_window}")
+        if not (np.isfinite(self.cloud_weight) and self.cloud_weight >= 0):
+            raise ValueError(f"cloud_weight must be a number >= 0, got {self.cloud_weight!r}")
 
 
 @dataclass(frozen=True)
 class GaussianHead:
-    """The refined head: LDA logits plus the class-common likelihood-ratio term."""
+    """The refined head: LDA logits, the class-common likelihood-ratio term and β times
+    the cloud head's logits."""
 
     kernel: np.ndarray  # [D, C]
     bias: np.ndarray  # [C]
     precision: np.ndarray  # P [D, D], shared by the classes
     background_mean: np.ndarray  # m₀ [D], the window's mean
     background_precision: np.ndarray  # P₀ [D, D], the window's (shrunk) precision
+    cloud_kernel: np.ndarray  # K_Θ [D, C], the cloud's head
+    cloud_bias: np.ndarray  # b_Θ [C]
+    cloud_weight: float  # β
 
     @property
     def embed_dim(self) -> int:
@@ -86,7 +103,8 @@ class GaussianHead:
         z = torch.as_tensor(np.asarray(z, dtype=np.float64))
         if z.ndim != 2 or z.shape[1] != self.embed_dim:
             raise ValueError(f"z must be [N, {self.embed_dim}], got {list(z.shape)}")
-        kernel, bias = torch.from_numpy(self.kernel), torch.from_numpy(self.bias)
+        kernel = torch.from_numpy(self.kernel + self.cloud_weight * self.cloud_kernel)
+        bias = torch.from_numpy(self.bias + self.cloud_weight * self.cloud_bias)
         centred = z - torch.from_numpy(self.background_mean)
         common = -0.5 * _quadratic(z, torch.from_numpy(self.precision)) + 0.5 * _quadratic(
             centred, torch.from_numpy(self.background_precision)
@@ -125,7 +143,7 @@ def refine_head(
     if not (np.isfinite(window).all() and np.isfinite(theta).all()):
         raise ValueError("window and theta must be finite (no NaN or inf)")
     kernel_t, bias_t = split_theta(torch.from_numpy(theta), window.shape[1], num_classes)
-    kernel, bias = kernel_t.numpy(), bias_t.numpy()
+    kernel, bias = cloud_kernel, cloud_bias = kernel_t.numpy(), bias_t.numpy()
     precision = np.eye(window.shape[1])
     for _ in range(settings.iterations):
         logits = window @ kernel + bias
@@ -144,4 +162,13 @@ def refine_head(
     background_mean = window.mean(0)
     centred = window - background_mean
     background = shrunk_precision(centred.T @ centred / len(window), settings.shrinkage)
-    return GaussianHead(kernel, bias, precision, background_mean, background)
+    return GaussianHead(
+        kernel,
+        bias,
+        precision,
+        background_mean,
+        background,
+        cloud_kernel,
+        cloud_bias,
+        float(settings.cloud_weight),
+    )

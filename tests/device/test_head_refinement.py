@@ -37,12 +37,16 @@ def accuracy(logits: torch.Tensor, y: np.ndarray) -> float:
     return float((logits.argmax(1).numpy() == y).mean())
 
 
+#: the window's statistics alone (β = 0): what EM recovers without the cloud's vote
+WINDOW_ONLY = RefinementSettings(cloud_weight=0.0)
+
+
 def test_refinement_recovers_the_shifted_classes_without_labels():
     window, _ = shifted_clips(64, seed=0)
     z, y = shifted_clips(2000, seed=1)
     theta = torch.from_numpy(global_theta())
     before = accuracy(personalised_logits(torch.from_numpy(z), theta, C), y)
-    head = refine_head(window, global_theta(), C)
+    head = refine_head(window, global_theta(), C, WINDOW_ONLY)
     after = accuracy(head.logits(z), y)
     # the oracle: the same LDA with the true shifted means
     means = CLEAN_MEANS + SHIFT + DRIFT
@@ -56,12 +60,23 @@ def test_the_quadratic_terms_are_common_to_all_classes():
     window, _ = shifted_clips(64, seed=2)
     head = refine_head(window, global_theta(), C)
     z, _ = shifted_clips(50, seed=3)
-    linear = torch.from_numpy(z @ head.kernel + head.bias)
+    beta = head.cloud_weight
+    kernel, bias = head.kernel + beta * head.cloud_kernel, head.bias + beta * head.cloud_bias
+    linear = torch.from_numpy(z @ kernel + bias)
     common = head.logits(z) - linear
     # the same number added to every class: argmax and softmax are the LDA's
     assert torch.allclose(common, common[:, :1].expand_as(common), atol=1e-9)
     assert torch.equal(head.logits(z).argmax(1), linear.argmax(1))
     assert not torch.allclose(common, torch.zeros_like(common))
+
+
+def test_the_cloud_head_votes_with_weight_beta():
+    window, _ = shifted_clips(64, seed=20)
+    z, _ = shifted_clips(30, seed=21)
+    alone = refine_head(window, global_theta(), C, WINDOW_ONLY)
+    voting = refine_head(window, global_theta(), C, RefinementSettings(cloud_weight=2.0))
+    cloud = personalised_logits(torch.from_numpy(z), torch.from_numpy(global_theta()), C)
+    assert torch.allclose(voting.logits(z), alone.logits(z) + 2.0 * cloud, atol=1e-9)
 
 
 def test_energy_of_the_refined_head_flags_clips_off_the_cameras_classes():
@@ -120,7 +135,9 @@ class FixedTheta:
 
 def test_the_personalizer_refines_theta_once_the_window_is_large_enough():
     cloud = FixedTheta(global_theta())
-    device = Personalizer(cloud, D, C, None, alpha=1.0, window=64, min_window=16)
+    device = Personalizer(
+        cloud, D, C, None, alpha=1.0, window=64, min_window=16, refinement=WINDOW_ONLY
+    )
     first, _ = shifted_clips(16, seed=7)
     logits = device.logits(first)  # refreshed on 16 clips: too few to refine
     assert not device.refined
