@@ -38,8 +38,11 @@ Refinement on the device (per-device mode, on by default): once the window holds
 ``refinement.min_window`` clips, the cloud's Θ is refined on it in closed form, without
 labels or backprop (:mod:`device_client.head_refinement`: EM for class-conditional
 Gaussians started from Θ). The refined head classifies and scores every clip until the
-next refresh; it gets its own score reference and Energy offset. It lives in memory only:
-a Θ restored from disk is refined again from the new window, offline too.
+next refresh; it gets its own score reference and Energy offset. Its Energy (a
+log-likelihood ratio) has a spread of its own, unlike Θ's, so given the model's threshold
+(``energy_threshold``) its offset also matches the spread (:func:`spread_matched_offset`).
+It lives in memory only: a Θ restored from disk is refined again from the new window,
+offline too.
 """
 
 from __future__ import annotations
@@ -144,6 +147,34 @@ def energy_offset(
     return float(np.quantile(window, quantile) - np.quantile(reference, quantile))
 
 
+def spread_matched_offset(
+    window_energy: np.ndarray | torch.Tensor,
+    reference_energy: np.ndarray | torch.Tensor,
+    quantile: float,
+    base_threshold: float,
+) -> float:
+    """The offset for a head whose Energy has its own spread (the refined head).
+
+    The threshold sits as far above the window's ``quantile``, in units of the window's
+    interquartile range, as the model's threshold sits above the reference's quantile in
+    units of the reference's: T = Q_q(w) + (T_base − Q_q(ref))·IQR(w)/IQR(ref). Returned as
+    T − T_base, so it adds to the model's threshold like :func:`energy_offset`. Θ keeps
+    :func:`energy_offset`: it is a correction of the global head and shares its scale.
+    """
+    window = np.asarray(window_energy, dtype=np.float64)
+    reference = np.asarray(reference_energy, dtype=np.float64)
+    shift = energy_offset(window, reference, quantile)  # validates the arguments
+    spread_ref = float(np.subtract(*np.quantile(reference, [0.75, 0.25])))
+    if spread_ref <= 0.0:
+        return shift
+    scale = float(np.subtract(*np.quantile(window, [0.75, 0.25]))) / spread_ref
+    return float(
+        np.quantile(window, quantile)
+        + (base_threshold - np.quantile(reference, quantile)) * scale
+        - base_threshold
+    )
+
+
 class Personalizer:
     """Personalised logits for one device, encrypted (default) or plaintext."""
 
@@ -167,6 +198,7 @@ class Personalizer:
         reference_energy: np.ndarray | None = None,
         threshold_quantile: float = THRESHOLD_QUANTILE,
         refinement: RefinementSettings | None = DEFAULT_REFINEMENT,
+        energy_threshold: float | None = None,
     ) -> None:
         if mode not in ("per_sample", "per_device"):
             raise ValueError(f"mode must be 'per_sample' or 'per_device', got {mode!r}")
@@ -199,6 +231,9 @@ class Personalizer:
             None if reference_energy is None else np.asarray(reference_energy, dtype=np.float64)
         )
         self.threshold_quantile = threshold_quantile
+        #: the base model's Energy threshold: a refined head's offset then also matches its
+        #: spread (:func:`spread_matched_offset`); None: the plain shift (:func:`energy_offset`)
+        self.energy_threshold = energy_threshold
         #: how Θ is refined on the window (None: used as the cloud sent it); per-device only
         self.refinement = refinement if mode == "per_device" else None
         #: the last Θ could not be refreshed because the cloud was unreachable
@@ -324,11 +359,19 @@ class Personalizer:
             self.on_refresh(self.snapshot)
         return theta
 
-    def _score_scale(self, scores: torch.Tensor) -> tuple[tuple[float, float], float | None]:
-        """(mean, std) of a window's Energy under a head, and that head's threshold offset."""
+    def _score_scale(
+        self, scores: torch.Tensor, own_spread: bool = False
+    ) -> tuple[tuple[float, float], float | None]:
+        """(mean, std) of a window's Energy under a head, and that head's threshold offset
+        (``own_spread``: the head's Energy has its own spread, as the refined head's)."""
         offset = None
         if self.reference_energy is not None:
-            offset = energy_offset(scores, self.reference_energy, self.threshold_quantile)
+            if own_spread and self.energy_threshold is not None:
+                offset = spread_matched_offset(
+                    scores, self.reference_energy, self.threshold_quantile, self.energy_threshold
+                )
+            else:
+                offset = energy_offset(scores, self.reference_energy, self.threshold_quantile)
         return (float(scores.mean()), float(scores.std()) + 1e-6), offset
 
     def _refine_if_possible(self) -> None:
@@ -340,7 +383,7 @@ class Personalizer:
         if len(window) < settings.min_window:
             return
         head = refine_head(window, snapshot.theta, self.num_classes, settings)
-        reference, offset = self._score_scale(energy(head.logits(window)))
+        reference, offset = self._score_scale(energy(head.logits(window)), own_spread=True)
         self.snapshot = replace(
             snapshot, refined=RefinedHead(head, reference, offset, window_clips=len(window))
         )

@@ -9,8 +9,14 @@ import torch
 from device_client.gateway_client import PersonalizeReply, ServerUnreachableError
 from device_client.head_guard import HeadGuard
 from device_client.head_refinement import GaussianHead, RefinementSettings, refine_head
-from device_client.personalization import Personalizer
+from device_client.personalization import (
+    THRESHOLD_QUANTILE,
+    Personalizer,
+    energy_offset,
+    spread_matched_offset,
+)
 from shared.hypernet import personalised_logits
+from shared.ood.energy import energy
 
 D, C = 8, 3
 CLEAN_MEANS = 4.0 * np.eye(C, D)  # class k sits at 4·e_k
@@ -186,3 +192,40 @@ def test_the_guard_checks_the_refined_head():
     state = guard.refresh(window, head)
     assert state.trusted  # sharper and spread over the classes on its own window
     assert torch.allclose(guard.logits(window), head.logits(window))
+
+
+def test_the_spread_matched_offset_follows_an_affine_change_of_scale():
+    reference = np.random.default_rng(30).normal(-5.0, 1.0, 500)
+    base = float(np.quantile(reference, 0.95))
+    # a head whose Energy is the reference's stretched by 4 and moved by 7
+    window = 4.0 * reference + 7.0
+    offset = spread_matched_offset(window, reference, 0.5, base)
+    assert offset == pytest.approx((4.0 * base + 7.0) - base)
+    # the plain shift would put the threshold at the window's median plus one reference gap
+    shift = energy_offset(window, reference, 0.5)
+    assert np.mean(window > base + shift) > 0.2  # ... flagging far more than 5 %
+    assert np.mean(window > base + offset) == pytest.approx(0.05, abs=0.005)
+
+
+def test_a_refined_head_gets_a_spread_matched_offset():
+    reference = np.random.default_rng(31).normal(-5.0, 1.0, 500)
+    base = float(np.quantile(reference, 0.95))
+    window, _ = shifted_clips(64, seed=32)
+    device = Personalizer(
+        FixedTheta(global_theta()), D, C, None, alpha=1.0, min_window=32,
+        reference_energy=reference, energy_threshold=base,
+    )  # fmt: skip
+    device.logits(window)
+    assert device.refined
+    scores = energy(device.head.logits(window)).numpy()
+    expected = spread_matched_offset(scores, reference, THRESHOLD_QUANTILE, base)
+    assert device.energy_offset == pytest.approx(expected)
+    # without the model's threshold the offset is the plain shift
+    shifted = Personalizer(
+        FixedTheta(global_theta()), D, C, None, alpha=1.0, min_window=32,
+        reference_energy=reference,
+    )  # fmt: skip
+    shifted.logits(window)
+    assert shifted.energy_offset == pytest.approx(
+        energy_offset(scores, reference, THRESHOLD_QUANTILE)
+    )
