@@ -64,8 +64,14 @@ from device_client.head_guard import (
     GUARD_SIGNAL,
     HeadGuard,
 )
+from device_client.head_refinement import RefinementSettings, refine_head
 from device_client.personal_head import PersonalHead, reference_energy
-from device_client.personalization import THRESHOLD_QUANTILE, Personalizer, energy_offset
+from device_client.personalization import (
+    THRESHOLD_QUANTILE,
+    Personalizer,
+    energy_offset,
+    spread_matched_offset,
+)
 from server.personalization import PersonalizationService, PersonalizeQuery
 from server.registry import open_registry
 from server.registry.bundles import load_registered_bundle
@@ -195,6 +201,7 @@ def run_path(
     standard_errors: float | None,
     order_seed: int,
     fallback_window_offset: bool = False,
+    refine: bool = True,
 ) -> dict:
     """The newcomer's path on one validation device: ``personalize`` on the window (Θ and
     offset cached), then ``run --personalize`` over the stream in 16-clip batches with the
@@ -204,18 +211,20 @@ def run_path(
     ``run --window``. The stream is shuffled (its clips come ID first).
     ``fallback_window_offset``: clips the guard hands to the global head are judged with
     the model threshold plus the offset of the *global* head on the run's window (instead
-    of the model threshold alone)."""
+    of the model threshold alone). ``refine``: the device refines Θ on its window (the
+    product's default), else it uses Θ as the cloud sent it."""
     config, base = bundle.config, float(bundle.thresholds["energy"])
     reference = reference_energy(bundle)
+    options = {"refinement": RefinementSettings() if refine else None, "energy_threshold": base}
     first = Personalizer(
         cloud, config.embed_dim, config.num_classes, alpha=ALPHA, window=window,
-        reference_energy=reference, threshold_quantile=quantile,
+        reference_energy=reference, threshold_quantile=quantile, **options,
     )  # fmt: skip
     first.observe(device.window[:window])
     first.refresh("personalize")
     personalizer = Personalizer(
         cloud, config.embed_dim, config.num_classes, alpha=ALPHA, window=window,
-        min_window=window, reference_energy=reference, threshold_quantile=quantile,
+        min_window=window, reference_energy=reference, threshold_quantile=quantile, **options,
     )  # fmt: skip
     assert first.snapshot is not None
     personalizer.restore(first.snapshot)
@@ -259,18 +268,22 @@ def run_sweep(bundle, cloud: LocalCloud, devices: list[Device]) -> list[dict]:
     every stream order; summary rows like :func:`sweep` (counted over device × order)."""
     summary = []
     candidates = [
-        (*c, False) for c in itertools.product(RUN_WINDOWS, RUN_QUANTILES, GUARD_STANDARD_ERRORS)
+        (*c, False, refine)
+        for refine in (True, False)
+        for c in itertools.product(RUN_WINDOWS, RUN_QUANTILES, GUARD_STANDARD_ERRORS)
     ]
-    candidates += [(w, q, 0.0, True) for w in RUN_WINDOWS for q in RUN_QUANTILES]
-    for window, quantile, errors, window_offset in candidates:
+    candidates += [(w, q, 0.0, True, True) for w in RUN_WINDOWS for q in RUN_QUANTILES]
+    for window, quantile, errors, window_offset, refine in candidates:
         results = [
-            run_path(bundle, cloud, d, window, quantile, errors, o, window_offset)
+            run_path(bundle, cloud, d, window, quantile, errors, o, window_offset, refine)
             for d in devices
             for o in RUN_ORDERS
         ]
         guard = "no guard" if errors is None else f"guard k={errors:g}"
         if window_offset:
             guard += ", fallback judged with the global head's window offset"
+        if not refine:
+            guard += ", Θ not refined"
         met = sum(r["id_flagged"] <= ID_TARGET and r["ood_flagged"] >= OOD_TARGET for r in results)
         summary.append(
             {
@@ -279,6 +292,7 @@ def run_sweep(bundle, cloud: LocalCloud, devices: list[Device]) -> list[dict]:
                 "quantile": quantile,
                 "guard_standard_errors": errors,
                 "fallback_window_offset": window_offset,
+                "refined": refine,
                 "devices_meeting_targets": met,
                 "id_flagged": float(np.mean([r["id_flagged"] for r in results])),
                 "ood_flagged": float(np.mean([r["ood_flagged"] for r in results])),
@@ -314,13 +328,24 @@ def sweep(bundle, cloud: LocalCloud, devices: list[Device]) -> tuple[list[dict],
         truth = device.stream_truth
         row = {"device": device.name, "auroc": ood_metrics(stream[truth >= 0], stream[truth < 0])}
         row["auroc"] = row["auroc"]["auroc"]
-        rules = {"none": 0.0}
+        rules = {"none": (stream, 0.0)}
         for q in QUANTILES:
-            rules[f"reference q={q}"] = energy_offset(window_p, reference, q)
-            rules[f"window q={q}"] = energy_offset(window_p, window_g, q)
+            rules[f"reference q={q}"] = (stream, energy_offset(window_p, reference, q))
+            rules[f"window q={q}"] = (stream, energy_offset(window_p, window_g, q))
+        # the same Θ refined on the window by the device (device_client.head_refinement)
+        refined = refine_head(device.window[:WINDOW_CLIPS], theta.numpy(), classes)
+        window_r = energy(refined.logits(window)).numpy()
+        stream_r = energy(refined.logits(device.stream)).numpy()
+        row["auroc_refined"] = ood_metrics(stream_r[truth >= 0], stream_r[truth < 0])["auroc"]
+        for q in QUANTILES:
+            rules[f"refined, reference q={q}"] = (stream_r, energy_offset(window_r, reference, q))
+            rules[f"refined, spread-matched q={q}"] = (
+                stream_r,
+                spread_matched_offset(window_r, reference, q, base),
+            )
         row["rules"] = {}
-        for rule, offset in rules.items():
-            id_rate, ood_rate = flag_rates(stream, truth, base + offset)
+        for rule, (scores, offset) in rules.items():
+            id_rate, ood_rate = flag_rates(scores, truth, base + offset)
             row["rules"][rule] = {"offset": offset, "id_flagged": id_rate, "ood_flagged": ood_rate}
         per_device.append(row)
     summary = []
@@ -364,6 +389,7 @@ def choose_run_settings(summary: list[dict]) -> tuple[dict, dict, dict]:
         and r["quantile"] == THRESHOLD_QUANTILE
         and r["guard_standard_errors"] == CONFIDENCE_STANDARD_ERRORS
         and not r["fallback_window_offset"]
+        and r.get("refined", True)
     )
     best = choose([r for r in summary if r["guard_standard_errors"] is not None])
     pairs = list(zip(current["devices"], best["devices"], strict=True))
@@ -504,12 +530,17 @@ def main(argv: list[str] | None = None) -> int:
         f"(30 % OOD) is scored. Personalised Energy AUROC on the streams: mean "
         f"{np.mean(aurocs):.3f}, min {np.min(aurocs):.3f}. Threshold = the model's Energy "
         "threshold + (quantile q of the window's Energy under Θ − quantile q of the anchor "
-        "under the global head). **Chosen: "
+        "under the global head); `refined, …` rows: the same Θ refined on the window by the "
+        "device (`device_client.head_refinement`), its threshold by the same shift or by the "
+        "spread-matched rule (`spread_matched_offset`: the threshold as far above the window's "
+        "quantile, in window IQRs, as the model's threshold above the reference's, in "
+        "reference IQRs). **Chosen: "
         f"{chosen['rule']}** (most devices meeting ID ≤ 20 % and OOD ≥ 80 %, ties: larger "
         f"mean OOD − ID).\n\n{table}\n\n"
         "The same devices on the whole newcomer path: `personalize` on the window (Θ and "
         "offset cached), then `run --personalize` over the shuffled stream in 16-clip "
-        "batches with the device's own PersonalHead (the cached Θ is restored, re-checked by "
+        "batches with the device's own PersonalHead, which refines Θ on its window unless a "
+        "row says `Θ not refined` (the cached Θ is restored, re-checked by "
         f"the guard as the run's window grows, refreshed once {WINDOW_CLIPS} clips are in). "
         f"The guard is the device's ({GUARD_SIGNAL} signal, slack {CONFIDENCE_SLACK}); on a "
         f"window with fewer clips than classes it keeps Θ while msp(Θ) ≥ msp(global) − "
