@@ -351,7 +351,7 @@ class Personalizer:
             reason=reason,
             energy_offset=offset,
         )
-        self._refine_if_possible()
+        self._refine_if_possible(at_refresh=True)
         self.stale = False
         self._due = None
         self.refreshes += 1
@@ -374,13 +374,18 @@ class Personalizer:
                 offset = energy_offset(scores, self.reference_energy, self.threshold_quantile)
         return (float(scores.mean()), float(scores.std()) + 1e-6), offset
 
-    def _refine_if_possible(self) -> None:
-        """Refine the cached Θ on the window once it holds enough clips (no network)."""
+    def _refine_if_possible(self, at_refresh: bool = False) -> None:
+        """Refine the cached Θ on the window once it holds enough clips (no network).
+
+        At a refresh, ``refinement.min_window`` clips suffice; a Θ refreshed on a smaller
+        window or restored from disk waits, in addition, for the ``min_window`` clips a
+        refresh needs (a refinement on the first few clips of a run is a noisy one)."""
         snapshot, settings = self.snapshot, self.refinement
         window = self.selector.window
         if snapshot is None or settings is None or snapshot.refined is not None:
             return
-        if len(window) < settings.min_window:
+        needed = settings.min_window if at_refresh else max(settings.min_window, self.min_window)
+        if len(window) < needed:
             return
         head = refine_head(window, snapshot.theta, self.num_classes, settings)
         reference, offset = self._score_scale(energy(head.logits(window)), own_spread=True)

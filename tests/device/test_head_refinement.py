@@ -229,3 +229,16 @@ def test_a_refined_head_gets_a_spread_matched_offset():
     assert shifted.energy_offset == pytest.approx(
         energy_offset(scores, reference, THRESHOLD_QUANTILE)
     )
+
+
+def test_a_restored_theta_waits_for_the_window_a_refresh_needs():
+    online = Personalizer(FixedTheta(global_theta()), D, C, None, alpha=1.0, min_window=32)
+    online.logits(shifted_clips(40, seed=40)[0])
+    restored = Personalizer(
+        FixedTheta(global_theta(), reachable=False), D, C, None, alpha=1.0, min_window=64
+    )
+    restored.restore(online.snapshot.__class__(**{**online.snapshot.__dict__, "refined": None}))
+    restored.logits(shifted_clips(40, seed=41)[0])
+    assert not restored.refined  # 40 clips: enough to refine, not the 64 a refresh needs
+    restored.logits(shifted_clips(24, seed=42)[0])
+    assert restored.refined  # 64 clips: refined, offline
