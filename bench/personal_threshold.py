@@ -64,13 +64,12 @@ from device_client.head_guard import (
     GUARD_SIGNAL,
     HeadGuard,
 )
-from device_client.head_refinement import RefinementSettings, refine_head
+from device_client.head_refinement import RefinementSettings, cross_fitted_energy, refine_head
 from device_client.personal_head import PersonalHead, reference_energy
 from device_client.personalization import (
     THRESHOLD_QUANTILE,
     Personalizer,
     energy_offset,
-    spread_matched_offset,
 )
 from server.personalization import PersonalizationService, PersonalizeQuery
 from server.registry import open_registry
@@ -215,7 +214,7 @@ def run_path(
     product's default), else it uses Θ as the cloud sent it."""
     config, base = bundle.config, float(bundle.thresholds["energy"])
     reference = reference_energy(bundle)
-    options = {"refinement": RefinementSettings() if refine else None, "energy_threshold": base}
+    options = {"refinement": RefinementSettings() if refine else None}
     first = Personalizer(
         cloud, config.embed_dim, config.num_classes, alpha=ALPHA, window=window,
         reference_energy=reference, threshold_quantile=quantile, **options,
@@ -335,14 +334,12 @@ def sweep(bundle, cloud: LocalCloud, devices: list[Device]) -> tuple[list[dict],
         # the same Θ refined on the window by the device (device_client.head_refinement)
         refined = refine_head(device.window[:WINDOW_CLIPS], theta.numpy(), classes)
         window_r = energy(refined.logits(window)).numpy()
+        crossed = cross_fitted_energy(device.window[:WINDOW_CLIPS], theta.numpy(), classes)
         stream_r = energy(refined.logits(device.stream)).numpy()
         row["auroc_refined"] = ood_metrics(stream_r[truth >= 0], stream_r[truth < 0])["auroc"]
         for q in QUANTILES:
             rules[f"refined, reference q={q}"] = (stream_r, energy_offset(window_r, reference, q))
-            rules[f"refined, spread-matched q={q}"] = (
-                stream_r,
-                spread_matched_offset(window_r, reference, q, base),
-            )
+            rules[f"refined, cross-fitted q={q}"] = (stream_r, energy_offset(crossed, reference, q))
         row["rules"] = {}
         for rule, (scores, offset) in rules.items():
             id_rate, ood_rate = flag_rates(scores, truth, base + offset)
@@ -531,10 +528,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{np.mean(aurocs):.3f}, min {np.min(aurocs):.3f}. Threshold = the model's Energy "
         "threshold + (quantile q of the window's Energy under Θ − quantile q of the anchor "
         "under the global head); `refined, …` rows: the same Θ refined on the window by the "
-        "device (`device_client.head_refinement`), its threshold by the same shift or by the "
-        "spread-matched rule (`spread_matched_offset`: the threshold as far above the window's "
-        "quantile, in window IQRs, as the model's threshold above the reference's, in "
-        "reference IQRs). **Chosen: "
+        "device (`device_client.head_refinement`), its offset from the window's own scores "
+        "(`reference`) or from cross-fitted ones (each half of the window scored by a head "
+        "refined on the other half: `cross_fitted_energy`, the device's rule). **Chosen: "
         f"{chosen['rule']}** (most devices meeting ID ≤ 20 % and OOD ≥ 80 %, ties: larger "
         f"mean OOD − ID).\n\n{table}\n\n"
         "The same devices on the whole newcomer path: `personalize` on the window (Θ and "

@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import grpc
 
@@ -79,6 +79,18 @@ class PersonalizeReply(NamedTuple):
     he_seconds: float
     bytes_up: int
     bytes_down: int
+
+
+class PersonalizeTransport(Protocol):
+    """What carries a request to the cloud; :class:`GatewayClient` is one."""
+
+    def personalize(
+        self,
+        alpha: float,
+        indices: list[int],
+        encrypted: bytes | None = None,
+        plain: list[float] | None = None,
+    ) -> PersonalizeReply: ...
 
 
 def _error_from_rpc(error: grpc.RpcError, target: str) -> GatewayClientError:

@@ -41,12 +41,13 @@ noise; on unfamiliar cameras the window's statistics carry what H cannot know.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from shared.hypernet import split_theta
+from shared.ood.energy import energy
 
 #: EM iterations and covariance shrinkage λ the device uses: chosen on validation families
 #: only (``bench/personalization.py``, ``choose_refinement``); accuracy was flat for
@@ -58,6 +59,10 @@ SHRINKAGE = 1.0
 CLOUD_WEIGHT = 3.0
 #: fewest window clips a refinement is computed from (fewer: the cloud's Θ is used as is)
 MIN_WINDOW = 32
+#: folds of :func:`cross_fitted_energy`: 2 gave the same share of validation devices meeting
+#: the newcomer targets at windows of 64, 96 and 128 clips; 4 and 8 flagged too much ID
+#: (``bench/personal_threshold.py``, docs/personalization.md)
+CROSS_FIT_FOLDS = 2
 
 
 @dataclass(frozen=True)
@@ -172,3 +177,29 @@ def refine_head(
         cloud_bias,
         float(settings.cloud_weight),
     )
+
+
+def cross_fitted_energy(
+    window: np.ndarray,
+    theta: np.ndarray,
+    num_classes: int,
+    settings: RefinementSettings | None = None,
+    folds: int = CROSS_FIT_FOLDS,
+) -> np.ndarray:
+    """Energy of every window clip under a head refined *without* it ([W], −logsumexp).
+
+    The refined head fits its window, so the window's own scores are optimistic and a
+    threshold read off them flags too much of the stream; clip i is scored by the head
+    refined on the folds it is not in (clips dealt round-robin into ``folds`` folds).
+    """
+    settings = settings or RefinementSettings()
+    window = np.asarray(window, dtype=np.float64)
+    if folds < 2 or len(window) < 2 * folds:
+        raise ValueError(f"cross-fitting needs folds >= 2 and 2 clips per fold, got {folds}")
+    fold = np.arange(len(window)) % folds
+    loose = replace(settings, min_window=2)  # each fit sees (folds − 1)/folds of the window
+    scores = np.empty(len(window))
+    for k in range(folds):
+        head = refine_head(window[fold != k], theta, num_classes, loose)
+        scores[fold == k] = energy(head.logits(window[fold == k])).numpy()
+    return scores

@@ -24,25 +24,15 @@ older than ``max_age_s``. When the cloud is unreachable the cached Θ stays in
 use, :attr:`stale` is set, and the refresh is retried every ``retry_every``
 clips, so the device recovers by itself when the cloud is back.
 
-Verdict threshold of the personalised head: the base model's Energy threshold is
-calibrated on the global head's scores, and a personalised head scores on its own
-scale. At each refresh the Personalizer therefore stores an Energy offset with Θ
-(:func:`energy_offset`): the ``threshold_quantile`` of the window's Energy under Θ
-minus the same quantile of the global head's Energy on the model's clean reference
-features (``reference_energy``). The device flags a clip when its personalised Energy
-exceeds the base threshold plus that offset. A quantile at or below the median stays
-on the window's ID mass while most of the window is ID, so the offset follows how the
-personalised head moved the ID scores, not the OOD clips in the window.
+Verdict threshold of the personalised head: an Energy offset stored with Θ at each
+refresh (:func:`energy_offset`, see :mod:`device_client.theta_snapshot`).
 
 Refinement on the device (per-device mode, on by default): once the window holds
-``refinement.min_window`` clips, the cloud's Θ is refined on it in closed form, without
-labels or backprop (:mod:`device_client.head_refinement`: EM for class-conditional
-Gaussians started from Θ). The refined head classifies and scores every clip until the
-next refresh; it gets its own score reference and Energy offset. Its Energy (a
-log-likelihood ratio) has a spread of its own, unlike Θ's, so given the model's threshold
-(``energy_threshold``) its offset also matches the spread (:func:`spread_matched_offset`).
-It lives in memory only: a Θ restored from disk is refined again from the new window,
-offline too.
+``refinement.min_window`` clips, Θ is refined on it without labels or backprop
+(:mod:`device_client.head_refinement`); the refined head classifies and scores until the
+next refresh, with its own score reference and offset read from cross-fitted scores
+(:func:`~device_client.head_refinement.cross_fitted_energy`). It lives in memory only: a Θ
+restored from disk is refined again from the new window, offline too.
 """
 
 from __future__ import annotations
@@ -50,15 +40,26 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 import tenseal as ts
 import torch
 
 from device_client.channel_selection import DEFAULT_WINDOW, ChannelSelector, SelectionMethod
-from device_client.gateway_client import PersonalizeReply, ServerUnreachableError
-from device_client.head_refinement import GaussianHead, RefinementSettings, refine_head
+from device_client.gateway_client import PersonalizeTransport, ServerUnreachableError
+from device_client.head_refinement import (
+    GaussianHead,
+    RefinementSettings,
+    cross_fitted_energy,
+    refine_head,
+)
+from device_client.theta_snapshot import (
+    HyperNetIdentity,
+    RefinedHead,
+    ThetaSnapshot,
+    energy_offset,
+)
 from shared.channel_importance import DEFAULT_ALPHA
 from shared.he import decrypt_theta, encrypt_selected
 from shared.hypernet import personalised_logits
@@ -74,18 +75,6 @@ THRESHOLD_QUANTILE = 0.5
 DEFAULT_REFINEMENT = RefinementSettings()
 
 
-class PersonalizeTransport(Protocol):
-    """What carries a request to the cloud; :class:`GatewayClient` is one."""
-
-    def personalize(
-        self,
-        alpha: float,
-        indices: list[int],
-        encrypted: bytes | None = None,
-        plain: list[float] | None = None,
-    ) -> PersonalizeReply: ...
-
-
 @dataclass
 class WireStats:
     """Totals over this Personalizer's round trips (protobuf bytes, cloud seconds)."""
@@ -94,85 +83,6 @@ class WireStats:
     bytes_up: int = 0
     bytes_down: int = 0
     he_seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class HyperNetIdentity:
-    """Which registered HyperNetwork produced a Θ (from the Personalize reply)."""
-
-    name: str
-    version: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class RefinedHead:
-    """The cloud's Θ refined on the device's window, with its own score scale."""
-
-    head: GaussianHead
-    score_reference: tuple[float, float]  # mean and std of the window's Energy under it
-    energy_offset: float | None
-    window_clips: int  # how many clips it was refined on
-
-
-@dataclass(frozen=True)
-class ThetaSnapshot:
-    """Everything needed to use a per-device Θ again after a restart (no network)."""
-
-    theta: np.ndarray  # [D·C + C]
-    indices: np.ndarray  # the channels it was generated from
-    score_reference: tuple[float, float]  # mean and std of the window's Energy scores then
-    hypernet: HyperNetIdentity
-    refreshed_at: float  # UNIX seconds
-    reason: str  # why it was refreshed
-    #: add to the base model's Energy threshold for this Θ (None: no reference to compare with)
-    energy_offset: float | None = None
-    #: Θ refined on the window (memory only; None: not refined, Θ is used as it came)
-    refined: RefinedHead | None = None
-
-
-def energy_offset(
-    window_energy: np.ndarray | torch.Tensor,
-    reference_energy: np.ndarray | torch.Tensor,
-    quantile: float,
-) -> float:
-    """How far a personalised head moved the Energy scale: the ``quantile`` of the window's
-    Energy under Θ minus the same quantile of the global head's Energy on clean ID."""
-    if not 0.0 < quantile < 1.0:
-        raise ValueError(f"quantile must be in (0, 1), got {quantile}")
-    window = np.asarray(window_energy, dtype=np.float64)
-    reference = np.asarray(reference_energy, dtype=np.float64)
-    if window.size == 0 or reference.size == 0:
-        raise ValueError("energy_offset needs a non-empty window and reference")
-    return float(np.quantile(window, quantile) - np.quantile(reference, quantile))
-
-
-def spread_matched_offset(
-    window_energy: np.ndarray | torch.Tensor,
-    reference_energy: np.ndarray | torch.Tensor,
-    quantile: float,
-    base_threshold: float,
-) -> float:
-    """The offset for a head whose Energy has its own spread (the refined head).
-
-    The threshold sits as far above the window's ``quantile``, in units of the window's
-    interquartile range, as the model's threshold sits above the reference's quantile in
-    units of the reference's: T = Q_q(w) + (T_base − Q_q(ref))·IQR(w)/IQR(ref). Returned as
-    T − T_base, so it adds to the model's threshold like :func:`energy_offset`. Θ keeps
-    :func:`energy_offset`: it is a correction of the global head and shares its scale.
-    """
-    window = np.asarray(window_energy, dtype=np.float64)
-    reference = np.asarray(reference_energy, dtype=np.float64)
-    shift = energy_offset(window, reference, quantile)  # validates the arguments
-    spread_ref = float(np.subtract(*np.quantile(reference, [0.75, 0.25])))
-    if spread_ref <= 0.0:
-        return shift
-    scale = float(np.subtract(*np.quantile(window, [0.75, 0.25]))) / spread_ref
-    return float(
-        np.quantile(window, quantile)
-        + (base_threshold - np.quantile(reference, quantile)) * scale
-        - base_threshold
-    )
 
 
 class Personalizer:
@@ -198,7 +108,6 @@ class Personalizer:
         reference_energy: np.ndarray | None = None,
         threshold_quantile: float = THRESHOLD_QUANTILE,
         refinement: RefinementSettings | None = DEFAULT_REFINEMENT,
-        energy_threshold: float | None = None,
     ) -> None:
         if mode not in ("per_sample", "per_device"):
             raise ValueError(f"mode must be 'per_sample' or 'per_device', got {mode!r}")
@@ -231,9 +140,6 @@ class Personalizer:
             None if reference_energy is None else np.asarray(reference_energy, dtype=np.float64)
         )
         self.threshold_quantile = threshold_quantile
-        #: the base model's Energy threshold: a refined head's offset then also matches its
-        #: spread (:func:`spread_matched_offset`); None: the plain shift (:func:`energy_offset`)
-        self.energy_threshold = energy_threshold
         #: how Θ is refined on the window (None: used as the cloud sent it); per-device only
         self.refinement = refinement if mode == "per_device" else None
         #: the last Θ could not be refreshed because the cloud was unreachable
@@ -359,19 +265,11 @@ class Personalizer:
             self.on_refresh(self.snapshot)
         return theta
 
-    def _score_scale(
-        self, scores: torch.Tensor, own_spread: bool = False
-    ) -> tuple[tuple[float, float], float | None]:
-        """(mean, std) of a window's Energy under a head, and that head's threshold offset
-        (``own_spread``: the head's Energy has its own spread, as the refined head's)."""
+    def _score_scale(self, scores: torch.Tensor) -> tuple[tuple[float, float], float | None]:
+        """(mean, std) of a window's Energy under a head, and that head's threshold offset."""
         offset = None
         if self.reference_energy is not None:
-            if own_spread and self.energy_threshold is not None:
-                offset = spread_matched_offset(
-                    scores, self.reference_energy, self.threshold_quantile, self.energy_threshold
-                )
-            else:
-                offset = energy_offset(scores, self.reference_energy, self.threshold_quantile)
+            offset = energy_offset(scores, self.reference_energy, self.threshold_quantile)
         return (float(scores.mean()), float(scores.std()) + 1e-6), offset
 
     def _refine_if_possible(self, at_refresh: bool = False) -> None:
@@ -388,7 +286,10 @@ class Personalizer:
         if len(window) < needed:
             return
         head = refine_head(window, snapshot.theta, self.num_classes, settings)
-        reference, offset = self._score_scale(energy(head.logits(window)), own_spread=True)
+        # the head fits the window's clips: their own scores would be optimistic, so its
+        # scale is read from scores of window clips under heads fitted without them
+        scores = cross_fitted_energy(window, snapshot.theta, self.num_classes, settings)
+        reference, offset = self._score_scale(torch.from_numpy(scores))
         self.snapshot = replace(
             snapshot, refined=RefinedHead(head, reference, offset, window_clips=len(window))
         )

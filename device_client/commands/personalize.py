@@ -57,7 +57,6 @@ def personalize(args: argparse.Namespace, state: DeviceState) -> int:
             settings=settings,
             window=max(len(z), 2),
             reference_energy=reference_energy(runtime.bundle),
-            energy_threshold=runtime.bundle.thresholds.get("energy"),
         )
         started = time.perf_counter()
         if settings.mode == "per_device":

@@ -224,7 +224,6 @@ def _personal_head(args, state: DeviceState, runtime, path: Path):
         min_window=args.window,
         max_age_s=args.theta_max_age,
         reference_energy=reference_energy(runtime.bundle),
-        energy_threshold=runtime.bundle.thresholds.get("energy"),
     )
     guard = HeadGuard(fused.weight.detach(), fused.bias.detach(), confidence_slack=CONFIDENCE_SLACK)
     energy_threshold = runtime.bundle.thresholds.get("energy")

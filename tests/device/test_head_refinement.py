@@ -8,12 +8,16 @@ import torch
 
 from device_client.gateway_client import PersonalizeReply, ServerUnreachableError
 from device_client.head_guard import HeadGuard
-from device_client.head_refinement import GaussianHead, RefinementSettings, refine_head
+from device_client.head_refinement import (
+    GaussianHead,
+    RefinementSettings,
+    cross_fitted_energy,
+    refine_head,
+)
 from device_client.personalization import (
     THRESHOLD_QUANTILE,
     Personalizer,
     energy_offset,
-    spread_matched_offset,
 )
 from shared.hypernet import personalised_logits
 from shared.ood.energy import energy
@@ -194,40 +198,39 @@ def test_the_guard_checks_the_refined_head():
     assert torch.allclose(guard.logits(window), head.logits(window))
 
 
-def test_the_spread_matched_offset_follows_an_affine_change_of_scale():
-    reference = np.random.default_rng(30).normal(-5.0, 1.0, 500)
-    base = float(np.quantile(reference, 0.95))
-    # a head whose Energy is the reference's stretched by 4 and moved by 7
-    window = 4.0 * reference + 7.0
-    offset = spread_matched_offset(window, reference, 0.5, base)
-    assert offset == pytest.approx((4.0 * base + 7.0) - base)
-    # the plain shift would put the threshold at the window's median plus one reference gap
-    shift = energy_offset(window, reference, 0.5)
-    assert np.mean(window > base + shift) > 0.2  # ... flagging far more than 5 %
-    assert np.mean(window > base + offset) == pytest.approx(0.05, abs=0.005)
+def test_cross_fitted_scores_come_from_heads_that_did_not_see_the_clip():
+    window, _ = shifted_clips(64, seed=30)
+    scores = cross_fitted_energy(window, global_theta(), C)
+    even, odd = window[0::2], window[1::2]
+    loose = RefinementSettings(min_window=2)
+    expected_even = energy(refine_head(odd, global_theta(), C, loose).logits(even)).numpy()
+    expected_odd = energy(refine_head(even, global_theta(), C, loose).logits(odd)).numpy()
+    assert np.allclose(scores[0::2], expected_even) and np.allclose(scores[1::2], expected_odd)
+    # in-sample scores of the head fitted on the whole window are the optimistic ones
+    in_sample = energy(refine_head(window, global_theta(), C).logits(window)).numpy()
+    assert np.median(scores) > np.median(in_sample)
+    with pytest.raises(ValueError, match="folds"):
+        cross_fitted_energy(window[:3], global_theta(), C)
 
 
-def test_a_refined_head_gets_a_spread_matched_offset():
+def test_a_refined_head_gets_its_offset_from_cross_fitted_scores():
     reference = np.random.default_rng(31).normal(-5.0, 1.0, 500)
-    base = float(np.quantile(reference, 0.95))
     window, _ = shifted_clips(64, seed=32)
     device = Personalizer(
         FixedTheta(global_theta()), D, C, None, alpha=1.0, min_window=32,
-        reference_energy=reference, energy_threshold=base,
+        reference_energy=reference,
     )  # fmt: skip
     device.logits(window)
     assert device.refined
-    scores = energy(device.head.logits(window)).numpy()
-    expected = spread_matched_offset(scores, reference, THRESHOLD_QUANTILE, base)
+    scores = cross_fitted_energy(window, global_theta(), C)
+    expected = energy_offset(scores, reference, THRESHOLD_QUANTILE)
     assert device.energy_offset == pytest.approx(expected)
-    # without the model's threshold the offset is the plain shift
-    shifted = Personalizer(
-        FixedTheta(global_theta()), D, C, None, alpha=1.0, min_window=32,
-        reference_energy=reference,
-    )  # fmt: skip
-    shifted.logits(window)
-    assert shifted.energy_offset == pytest.approx(
-        energy_offset(scores, reference, THRESHOLD_QUANTILE)
+    # Θ as sent keeps its own offset, from its own scores on the window
+    theta_scores = energy(
+        personalised_logits(torch.from_numpy(window), torch.from_numpy(global_theta()), C)
+    )
+    assert device.snapshot.energy_offset == pytest.approx(
+        energy_offset(theta_scores, reference, THRESHOLD_QUANTILE)
     )
 
 
