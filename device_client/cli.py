@@ -264,7 +264,9 @@ def _add_personalize(sub) -> None:
         help="clips to personalise on (default: the enrolled profile's simulated camera, "
         "else camera:0)",
     )
-    personalize.add_argument("--clips", type=int, default=64, help="window size in clips")
+    personalize.add_argument(
+        "--clips", type=int, default=DEFAULT_WINDOW, help=f"window size in clips ({DEFAULT_WINDOW})"
+    )
     personalize.add_argument(
         "--alpha", type=float, default=0.25, help="fraction of channels sent, in (0, 1]"
     )
