@@ -14,7 +14,7 @@ Without ``--base-model`` the latest registered base model of ``$SECDOOD_DATA_DIR
    mean validation accuracy among those that leave no validation device more than one
    point below the global head is kept. The sweep is reported on validation only.
 3. **Seen devices**: the 8 classic devices (train-split types) on held-out test clips;
-   SecDOOD rows at α ∈ {0.1, 0.25, 0.5, 1.0} (importance selection over a 64-clip window
+   SecDOOD rows at α ∈ {0.1, 0.25, 0.5, 1.0} (importance selection over the device's window
    of the device's ID stream) and random selection at 0.25.
 4. **Unseen devices** (the ``unseen`` block): devices from the *test* split — the held-out
    ``visibility`` family and held-out types of the per-pixel families, alone and mixed,
@@ -33,16 +33,18 @@ Without ``--base-model`` the latest registered base model of ``$SECDOOD_DATA_DIR
 7. **Per-sample mode** of the same H (one Θ per clip) beside per-device mode on the seen
    devices.
 8. **Device-side refinement** (:mod:`device_client.head_refinement`): the device refines
-   the cloud's α = 0.25 Θ on its own 64-clip window without labels — closed-form EM of a
-   Gaussian mixture with one shared, shrunk covariance started from Θ, giving an LDA head
-   whose Energy is a relative Mahalanobis score (Ren et al. 2021). Its setting (EM
-   iterations × shrinkage, :data:`REFINEMENT_GRID`) is chosen on the validation and harder
-   validation devices only, with the same criterion as H's (best mean accuracy, no device
-   more than one point below global); every population reports it alone and behind the
-   chosen device guard, plus its device-side cost (median ms of one refinement).
+   the cloud's α = 0.25 Θ on its own window (the device's default, 96 clips) without
+   labels — closed-form EM of a Gaussian mixture with one shared, shrunk covariance
+   started from Θ, giving an LDA head whose Energy is a relative Mahalanobis score (Ren et
+   al. 2021). Its setting (EM iterations × shrinkage, :data:`REFINEMENT_GRID`) is chosen
+   on the validation and harder validation devices only, with the same criterion as H's
+   (best mean accuracy, no device more than one point below global); every population
+   reports it alone and behind the chosen device guard, plus its device-side cost (median
+   ms of one refinement).
 
-Every device's window is its first 64 test clips; every head is scored on its *other* ID
-test clips (and all its OOD clips), so no head is scored on the clips it adapted on.
+Every device's window is its first ``WINDOW`` (the device's default, 96) test clips; every
+head is scored on its *other* ID test clips (and all its OOD clips), so no head is scored
+on the clips it adapted on.
 
 The ``device`` H gives one Θ per device from the window mean (per-device mode); the
 paper's H one Θ per clip. Energy and MSP score the logits. Accuracy/AUROC numbers use
@@ -77,6 +79,7 @@ import torch.nn.functional as F
 
 from bench.report import default_base_model_path, write_section
 from device_client import head_refinement
+from device_client.channel_selection import DEFAULT_WINDOW
 from device_client.gateway_client import GatewayClient
 from device_client.head_guard import SIGNALS, GuardSignal, HeadGuard
 from device_client.head_refinement import RefinementSettings, refine_head
@@ -117,7 +120,8 @@ from shared.pipeline import OODPipeline
 ROOT = Path(__file__).resolve().parents[1]
 ALPHAS = (0.1, 0.25, 0.5, 1.0)
 ENROLL_KEY = "bench-key"
-WINDOW = 64
+#: the device's window (its default); validation devices hold 64 clips, all of them their window
+WINDOW = DEFAULT_WINDOW
 #: OOD splits scored; ``near_hard`` when the data has it
 OOD_SPLITS = tuple(s for s in ("near", "near_hard", "far") if s in DATA_SPLITS)
 #: H settings tried on the validation devices (the rest of the config is the default)
@@ -163,7 +167,7 @@ CLOUD_WEIGHT_HISTORY = (
     "validation devices were added to the study at that point; nothing was chosen on test "
     "numbers."
 )
-#: timed refine_head calls on one 64-clip window (the median is reported)
+#: timed refine_head calls on one window (the median is reported)
 REFINEMENT_TIMING_CALLS = 30
 #: bump when device embeddings would change (shift code, clip choice), to skip stale caches
 CACHE_VERSION = 2
@@ -580,7 +584,7 @@ def cpu_model() -> str:
 def refinement_cost(
     hypernet: FoldedH, device: dict, settings: RefinementSettings, calls: int
 ) -> dict[str, Any]:
-    """Device-side wall time of one ``refine_head`` on a 64-clip window (median of ``calls``
+    """Device-side wall time of one ``refine_head`` on one window (median of ``calls``
     timed calls after one warm-up), in milliseconds."""
     window = device["test"][:WINDOW].numpy()
     theta = window_theta(hypernet, window)
