@@ -5,7 +5,8 @@ Examples::
     secdood-device enroll --server 127.0.0.1:50051 --enrollment-key KEY --name cam-1 \\
         --corruption fog --severity 3
     secdood-device download [--variant float|int8]
-    secdood-device personalize [--source S] [--alpha 0.25] [--mode per_device|per_sample]
+    secdood-device personalize [--source S] [--alpha 0.25] [--mode per_device|per_sample] \\
+        [--no-refine]
     secdood-device run --source clip.mp4|DIR|camera:0 [--personalize] [--adapt none|leantta|zo]
     secdood-device status
     secdood-device bench [--quick]
@@ -279,6 +280,11 @@ def _add_personalize(sub) -> None:
     )
     personalize.add_argument(
         "--plaintext", action="store_true", help="send the channels unencrypted (trusted network)"
+    )
+    personalize.add_argument(
+        "--no-refine",
+        action="store_true",
+        help="use the cloud's theta as sent (default: refine it on the window, no labels)",
     )
     personalize.add_argument(
         "--new-keys", action="store_true", help="replace the device's CKKS keys (e.g. damaged)"

@@ -172,6 +172,7 @@ def format_status(status: dict[str, Any]) -> str:
     settings = status["settings"]
     lines.append(
         f"settings:     alpha {settings['alpha']}, mode {settings['mode']}, "
-        f"{'encrypted' if settings['encrypted'] else 'plaintext'}"
+        f"{'encrypted' if settings['encrypted'] else 'plaintext'}, "
+        f"theta {'refined on the window' if settings.get('refine', True) else 'used as sent'}"
     )
     return "\n".join(lines)

@@ -74,6 +74,8 @@ class PersonalizationSettings:
     alpha: float = DEFAULT_ALPHA
     mode: PersonalizeMode = "per_device"
     encrypted: bool = True
+    #: refine Θ on the device's window (device_client.head_refinement); per-device mode only
+    refine: bool = True
 
     def __post_init__(self) -> None:
         check_alpha(self.alpha)
@@ -311,7 +313,7 @@ class DeviceKeyring:
 
     def settings(self) -> PersonalizationSettings:
         data = self._read_json(SETTINGS_FILE) or {}
-        fields = {k: data[k] for k in ("alpha", "mode", "encrypted") if k in data}
+        fields = {k: data[k] for k in ("alpha", "mode", "encrypted", "refine") if k in data}
         return PersonalizationSettings(**fields)
 
     def save_settings(self, settings: PersonalizationSettings) -> None:
@@ -377,7 +379,7 @@ class DeviceKeyring:
             alpha=settings.alpha,
             mode=settings.mode,
             on_refresh=remember,
-            **options,
+            **({"refinement": None} if not settings.refine else {}) | options,
         )
         cached = self.cached_theta()
         if cached is not None and self.theta_matches(

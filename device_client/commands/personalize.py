@@ -33,7 +33,9 @@ def personalize(args: argparse.Namespace, state: DeviceState) -> int:
             f"--clips must be at least 2 (the window Θ is generated from), got {args.clips}"
         )
     path = model_path(args, state)
-    settings = PersonalizationSettings(alpha, args.mode, encrypted=not args.plaintext)
+    settings = PersonalizationSettings(
+        alpha, args.mode, encrypted=not args.plaintext, refine=not args.no_refine
+    )
     keyring = DeviceKeyring(state)
     if args.new_keys:
         keyring.new_keys()  # replaces a damaged key file once the cloud has the new public part

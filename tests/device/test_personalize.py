@@ -401,3 +401,26 @@ def test_plaintext_per_sample_mode_makes_no_keys(gateway, registry, hypernet, st
     lines = capsys.readouterr().out.strip().splitlines()
     assert all(line.split()[-1] == "personal(v1)" for line in lines[1:-2]), lines[:3]
     assert json.loads(lines[-1])["head"] == "personalised"
+
+
+def test_personalize_refines_theta_on_a_large_window_unless_told_not_to(
+    gateway, registry, hypernet, state, tmp_path, capsys
+):
+    register_hypernet(registry, hypernet)
+    enroll_and_download(gateway.target, capsys)
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 60, size=(320, 32, 32, 3), dtype=np.uint8)  # 40 clips of 8
+    for t in range(320):
+        frames[t, (t // 8) % 20 : (t // 8) % 20 + 8, t % 24 : t % 24 + 8] = 230
+    video = write_video(tmp_path / "long.mp4", frames)
+    argv = ["personalize", "--source", str(video), "--clips", "40", "--plaintext"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "refinement: theta refined on 40 window clips without labels" in out
+    assert DeviceKeyring(state).settings().refine is True
+    assert main([*argv, "--no-refine"]) == 0
+    out = capsys.readouterr().out
+    assert "refinement: off (the cloud's theta is used as sent)" in out
+    assert DeviceKeyring(state).settings().refine is False
+    assert main(["status"]) == 0
+    assert "theta used as sent" in capsys.readouterr().out
