@@ -15,8 +15,9 @@ other code wires a context by hand:
   lives in :mod:`device_client.context_upload`.
 - **Θ**: every refresh of the per-device Θ is saved to ``theta.json`` (0600) with
   the HyperNetwork's name, version and sha256, the base model it belongs to, the
-  time and its Energy-threshold offset, so a restarted device scores personalised
-  (and judges with the personalised threshold) at once, even offline.
+  time and its Energy-threshold offset, and the head refined from it on the window to
+  ``theta_refined.npz`` (0600), so a restarted device scores personalised (and judges
+  with the personalised threshold) at once, even offline.
 
 Files (all written atomically)::
 
@@ -24,8 +25,9 @@ Files (all written atomically)::
                          never rotates; they are made from the secret key for the upload)
     he/keys.json         key id, CKKS parameters, creation time
     he/upload.json       what the cloud holds: key id, server, device id, size, sha256, time
-    personalization.json settings (alpha, mode, encrypted) and the last refresh and why
+    personalization.json settings (alpha, mode, encrypted, refine), the last refresh and why
     theta.json           the cached per-device Θ (see :class:`CachedTheta`)
+    theta_refined.npz    its refinement on the window (means and precisions; no embeddings)
 """
 
 from __future__ import annotations
@@ -34,22 +36,17 @@ import json
 import secrets
 import stat
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import tenseal as ts
 
 from device_client.context_upload import UploadingTransport
 from device_client.gateway_client import GatewayClient
-from device_client.personalization import (
-    HyperNetIdentity,
-    PersonalizeMode,
-    Personalizer,
-    ThetaSnapshot,
-)
+from device_client.personalization import PersonalizeMode, Personalizer, ThetaSnapshot
 from device_client.state import DeviceState, write_atomically
+from device_client.theta_snapshot import CachedTheta, refined_from_bytes, refined_to_bytes
 from shared.channel_importance import DEFAULT_ALPHA, check_alpha
 from shared.he import CKKSParams, create_context, public_context_bytes
 
@@ -59,6 +56,8 @@ KEYS_FILE = "keys.json"
 UPLOAD_FILE = "upload.json"
 SETTINGS_FILE = "personalization.json"
 THETA_FILE = "theta.json"
+#: the refined head of the cached Θ (binary: two D×D precisions; see theta_snapshot)
+REFINED_FILE = "theta_refined.npz"
 #: CKKS parameters of new keys (the product's defaults; see :class:`shared.he.CKKSParams`)
 DEFAULT_PARAMS = CKKSParams()
 
@@ -81,50 +80,6 @@ class PersonalizationSettings:
         check_alpha(self.alpha)
         if self.mode not in ("per_device", "per_sample"):
             raise ValueError(f"mode must be 'per_device' or 'per_sample', got {self.mode!r}")
-
-
-@dataclass(frozen=True)
-class CachedTheta:
-    """A per-device Θ as saved on disk, with what it belongs to."""
-
-    snapshot: ThetaSnapshot
-    model_key: str  # the base model whose embeddings it classifies (name and version, or sha256)
-    alpha: float
-    encrypted: bool
-
-    def to_json(self) -> dict[str, Any]:
-        s = self.snapshot
-        return {
-            "theta": s.theta.tolist(),
-            "indices": [int(i) for i in s.indices],
-            "score_reference": list(s.score_reference),
-            "hypernet": asdict(s.hypernet),
-            "refreshed_at": s.refreshed_at,
-            "reason": s.reason,
-            "energy_offset": s.energy_offset,
-            "model_key": self.model_key,
-            "alpha": self.alpha,
-            "encrypted": self.encrypted,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> CachedTheta:
-        mean, std = data["score_reference"]
-        snapshot = ThetaSnapshot(
-            theta=np.asarray(data["theta"], dtype=np.float64),
-            indices=np.asarray(data["indices"], dtype=np.int64),
-            score_reference=(float(mean), float(std)),
-            hypernet=HyperNetIdentity(**data["hypernet"]),
-            refreshed_at=float(data["refreshed_at"]),
-            reason=str(data["reason"]),
-            energy_offset=_optional_float(data.get("energy_offset")),
-        )
-        return cls(snapshot, str(data["model_key"]), float(data["alpha"]), data["encrypted"])
-
-
-def _optional_float(value: Any) -> float | None:
-    """A cached number that older theta.json files lack (None there)."""
-    return None if value is None else float(value)
 
 
 class DeviceKeyring:
@@ -334,15 +289,25 @@ class DeviceKeyring:
         if data is None:
             return None
         try:
-            return CachedTheta.from_json(data)
+            cached = CachedTheta.from_json(data)
         except (KeyError, TypeError, ValueError) as error:
             raise KeyringError(
                 f"{self._json_path(THETA_FILE)} is damaged ({error!r}); delete it and run "
                 "`secdood-device personalize`"
             ) from None
+        refined_path = self.state.root / REFINED_FILE
+        if refined_path.is_file():  # a missing, stale or damaged one is recomputed on the window
+            refined = refined_from_bytes(refined_path.read_bytes(), cached.snapshot.theta)
+            cached = replace(cached, snapshot=replace(cached.snapshot, refined=refined))
+        return cached
 
     def save_theta(self, cached: CachedTheta) -> None:
         self._write_json(THETA_FILE, cached.to_json())
+        refined_path, refined = self.state.root / REFINED_FILE, cached.snapshot.refined
+        if refined is None:
+            refined_path.unlink(missing_ok=True)
+        else:
+            write_atomically(refined_path, refined_to_bytes(refined, cached.snapshot.theta), 0o600)
 
     # -- the Personalizer ----------------------------------------------------------------
 

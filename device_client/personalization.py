@@ -31,8 +31,8 @@ Refinement on the device (per-device mode, on by default): once the window holds
 ``refinement.min_window`` clips, Θ is refined on it without labels or backprop
 (:mod:`device_client.head_refinement`); the refined head classifies and scores until the
 next refresh, with its own score reference and offset read from cross-fitted scores
-(:func:`~device_client.head_refinement.cross_fitted_energy`). It lives in memory only: a Θ
-restored from disk is refined again from the new window, offline too.
+(:func:`~device_client.head_refinement.cross_fitted_energy`). The keyring saves it with Θ;
+a Θ restored without one is refined again once the window is full, offline too.
 """
 
 from __future__ import annotations

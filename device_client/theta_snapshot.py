@@ -1,8 +1,9 @@
 """A per-device Θ as the device keeps it, and the offset of its verdict threshold.
 
 A :class:`ThetaSnapshot` is what :class:`~device_client.personalization.Personalizer`
-caches after a refresh and :mod:`device_client.keyring` saves to ``theta.json`` (all of it
-but the refined head, which the device recomputes from its window). :func:`energy_offset`
+caches after a refresh and :mod:`device_client.keyring` saves: ``theta.json``
+(:class:`CachedTheta`) and, for its refined head, an ``.npz``
+(:func:`refined_to_bytes`). :func:`energy_offset`
 is the personalised threshold's offset:
 
 The base model's Energy threshold is calibrated on the global head's scores, and a
@@ -18,7 +19,10 @@ of window clips under heads refined without them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import io
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,7 +61,7 @@ class ThetaSnapshot:
     reason: str  # why it was refreshed
     #: add to the base model's Energy threshold for this Θ (None: no reference to compare with)
     energy_offset: float | None = None
-    #: Θ refined on the window (memory only; None: not refined, Θ is used as it came)
+    #: Θ refined on the window (saved beside theta.json; None: Θ is used as it came)
     refined: RefinedHead | None = None
 
 
@@ -75,3 +79,102 @@ def energy_offset(
     if window.size == 0 or reference.size == 0:
         raise ValueError("energy_offset needs a non-empty window and reference")
     return float(np.quantile(window, quantile) - np.quantile(reference, quantile))
+
+
+@dataclass(frozen=True)
+class CachedTheta:
+    """A per-device Θ as saved on disk, with what it belongs to."""
+
+    snapshot: ThetaSnapshot
+    model_key: str  # the base model whose embeddings it classifies (name and version, or sha256)
+    alpha: float
+    encrypted: bool
+
+    def to_json(self) -> dict[str, Any]:
+        s = self.snapshot
+        return {
+            "theta": s.theta.tolist(),
+            "indices": [int(i) for i in s.indices],
+            "score_reference": list(s.score_reference),
+            "hypernet": asdict(s.hypernet),
+            "refreshed_at": s.refreshed_at,
+            "reason": s.reason,
+            "energy_offset": s.energy_offset,
+            "model_key": self.model_key,
+            "alpha": self.alpha,
+            "encrypted": self.encrypted,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CachedTheta:
+        mean, std = data["score_reference"]
+        snapshot = ThetaSnapshot(
+            theta=np.asarray(data["theta"], dtype=np.float64),
+            indices=np.asarray(data["indices"], dtype=np.int64),
+            score_reference=(float(mean), float(std)),
+            hypernet=HyperNetIdentity(**data["hypernet"]),
+            refreshed_at=float(data["refreshed_at"]),
+            reason=str(data["reason"]),
+            energy_offset=_optional_float(data.get("energy_offset")),
+        )
+        return cls(snapshot, str(data["model_key"]), float(data["alpha"]), data["encrypted"])
+
+
+def _optional_float(value: Any) -> float | None:
+    """A cached number that older theta.json files lack (None there)."""
+    return None if value is None else float(value)
+
+
+def _theta_digest(theta: np.ndarray) -> str:
+    return hashlib.sha256(np.asarray(theta, dtype=np.float64).tobytes()).hexdigest()
+
+
+def refined_to_bytes(refined: RefinedHead, theta: np.ndarray) -> bytes:
+    """The refined head of ``theta`` as an ``.npz`` (it carries two D×D precisions, too many
+    numbers for theta.json), tagged with Θ's digest so it is never paired with another Θ."""
+    head = refined.head
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        theta_sha256=np.array(_theta_digest(theta)),
+        kernel=head.kernel,
+        bias=head.bias,
+        precision=head.precision,
+        background_mean=head.background_mean,
+        background_precision=head.background_precision,
+        cloud_kernel=head.cloud_kernel,
+        cloud_bias=head.cloud_bias,
+        cloud_weight=np.array(head.cloud_weight),
+        score_reference=np.array(refined.score_reference),
+        energy_offset=np.array(np.nan if refined.energy_offset is None else refined.energy_offset),
+        window_clips=np.array(refined.window_clips),
+    )
+    return buffer.getvalue()
+
+
+def refined_from_bytes(data: bytes, theta: np.ndarray) -> RefinedHead | None:
+    """The refined head saved for ``theta``; None when the file belongs to another Θ or is
+    damaged (the device then refines again once its window is full)."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as saved:
+            if str(saved["theta_sha256"]) != _theta_digest(theta):
+                return None
+            head = GaussianHead(
+                *(saved[k] for k in ("kernel", "bias", "precision", "background_mean")),
+                saved["background_precision"],
+                saved["cloud_kernel"],
+                saved["cloud_bias"],
+                float(saved["cloud_weight"]),
+            )
+            mean, std = (float(x) for x in saved["score_reference"])
+            offset = float(saved["energy_offset"])
+            clips = int(saved["window_clips"])
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+    shapes_ok = head.kernel.shape == head.cloud_kernel.shape and head.precision.shape == (
+        head.embed_dim,
+        head.embed_dim,
+    )
+    if not shapes_ok or not all(np.isfinite(a).all() for a in (head.kernel, head.precision)):
+        return None
+    return RefinedHead(head, (mean, std), None if np.isnan(offset) else offset, clips)

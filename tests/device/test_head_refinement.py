@@ -14,11 +14,14 @@ from device_client.head_refinement import (
     cross_fitted_energy,
     refine_head,
 )
+from device_client.keyring import REFINED_FILE, DeviceKeyring, PersonalizationSettings
 from device_client.personalization import (
     THRESHOLD_QUANTILE,
     Personalizer,
     energy_offset,
 )
+from device_client.state import DeviceState
+from device_client.theta_snapshot import refined_from_bytes, refined_to_bytes
 from shared.hypernet import personalised_logits
 from shared.ood.energy import energy
 
@@ -245,3 +248,33 @@ def test_a_restored_theta_waits_for_the_window_a_refresh_needs():
     assert not restored.refined  # 40 clips: enough to refine, not the 64 a refresh needs
     restored.logits(shifted_clips(24, seed=42)[0])
     assert restored.refined  # 64 clips: refined, offline
+
+
+def test_the_refined_head_survives_a_restart_and_only_for_its_own_theta(tmp_path):
+    state = DeviceState(tmp_path / "state")
+    keyring = DeviceKeyring(state)
+    device = keyring.personalizer(
+        FixedTheta(global_theta()), "cloud:1", "dev", D, C, model_key="m",
+        settings=PersonalizationSettings(alpha=1.0, encrypted=False), min_window=32,
+    )  # fmt: skip
+    device.logits(shifted_clips(64, seed=50)[0])  # refresh + refinement, saved by the keyring
+    assert device.refined
+    restored = DeviceKeyring(state).cached_theta()
+    assert restored is not None and restored.snapshot.refined is not None
+    z, _ = shifted_clips(20, seed=51)
+    saved, loaded = device.snapshot.refined, restored.snapshot.refined
+    assert torch.allclose(loaded.head.logits(z), saved.head.logits(z))
+    assert loaded.energy_offset == saved.energy_offset
+    assert loaded.score_reference == pytest.approx(saved.score_reference)
+    # a refined head saved for another Θ, or a damaged file, is not used
+    other = global_theta() + 0.1
+    assert refined_from_bytes(refined_to_bytes(saved, global_theta()), other) is None
+    assert refined_from_bytes(b"not an npz", global_theta()) is None
+    (state.root / REFINED_FILE).write_bytes(b"damaged")
+    assert DeviceKeyring(state).cached_theta().snapshot.refined is None
+    # the run's Personalizer starts with the refined head, offline
+    offline = DeviceKeyring(state).personalizer(
+        FixedTheta(global_theta(), reachable=False), "cloud:1", "dev", D, C, model_key="m",
+        settings=PersonalizationSettings(alpha=1.0, encrypted=False),
+    )  # fmt: skip
+    assert offline.snapshot is not None and not offline.refined  # the damaged file
