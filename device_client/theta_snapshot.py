@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -137,17 +137,10 @@ def refined_to_bytes(refined: RefinedHead, theta: np.ndarray) -> bytes:
     np.savez(
         buffer,
         theta_sha256=np.array(_theta_digest(theta)),
-        kernel=head.kernel,
-        bias=head.bias,
-        precision=head.precision,
-        background_mean=head.background_mean,
-        background_precision=head.background_precision,
-        cloud_kernel=head.cloud_kernel,
-        cloud_bias=head.cloud_bias,
-        cloud_weight=np.array(head.cloud_weight),
         score_reference=np.array(refined.score_reference),
         energy_offset=np.array(np.nan if refined.energy_offset is None else refined.energy_offset),
         window_clips=np.array(refined.window_clips),
+        **{name: np.asarray(value) for name, value in asdict(head).items()},
     )
     return buffer.getvalue()
 
@@ -159,13 +152,8 @@ def refined_from_bytes(data: bytes, theta: np.ndarray) -> RefinedHead | None:
         with np.load(io.BytesIO(data), allow_pickle=False) as saved:
             if str(saved["theta_sha256"]) != _theta_digest(theta):
                 return None
-            head = GaussianHead(
-                *(saved[k] for k in ("kernel", "bias", "precision", "background_mean")),
-                saved["background_precision"],
-                saved["cloud_kernel"],
-                saved["cloud_bias"],
-                float(saved["cloud_weight"]),
-            )
+            arrays = {f.name: saved[f.name] for f in fields(GaussianHead)}
+            head = GaussianHead(**arrays | {"cloud_weight": float(arrays["cloud_weight"])})
             mean, std = (float(x) for x in saved["score_reference"])
             offset = float(saved["energy_offset"])
             clips = int(saved["window_clips"])
