@@ -178,8 +178,9 @@ def theta_for(cloud: LocalCloud, bundle, window: np.ndarray) -> np.ndarray:
     """Θ as the device's Personalizer gets it for this window (plaintext, per device)."""
     config = bundle.config
     personalizer = Personalizer(
-        cloud, config.embed_dim, config.num_classes, alpha=ALPHA, window=len(window)
-    )
+        cloud, config.embed_dim, config.num_classes, alpha=ALPHA, window=len(window),
+        refinement=None,  # Θ only: callers refine it themselves where they need to
+    )  # fmt: skip
     personalizer.observe(window)
     return personalizer.refresh("validation")
 

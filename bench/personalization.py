@@ -681,7 +681,9 @@ def evaluate_devices(
             rows[name].append(rows["personalised"][-1] if trusted else global_row)
         # the device refines the cloud's Θ on the same window (label-free EM), then the
         # chosen guard checks the refined head against the global one
-        refined = refine_head(window, window_theta(hypernet, window), hypernet.classes, refinement)
+        # the Θ the guard checked above (the same window, α = 0.25; H is per-device here)
+        assert theta is not None
+        refined = refine_head(window, theta, hypernet.classes, refinement)
         rows["refined"].append(detection_metrics(pipeline, device, refined.logits))
         state = HeadGuard(weight, bias, **guards["guarded"]).refresh(window, refined)
         entry["refined_guarded"] = asdict(state)

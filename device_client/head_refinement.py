@@ -16,7 +16,7 @@ on. The device can estimate that from its recent window without labels, forward-
 This is EM for a Gaussian mixture with shared covariance (Dempster, Laird & Rubin 1977),
 started from the cloud's head so cluster k stays class k. Cost: a [W, D] × [D, C] product,
 C weighted means, one [D, D] covariance and one D × D inverse per iteration, once per
-refresh (milliseconds for W = 64, D = 128; measured in BENCHMARKS.md).
+refresh (milliseconds for W = 96, D = 128; measured in BENCHMARKS.md).
 
 The refined head scores OOD as well as classifying: its logits are the class-conditional
 Gaussian log-likelihoods relative to one Gaussian fitted to the whole window
@@ -33,10 +33,11 @@ for Improving Near-OOD Detection"), in soft-min form. A clip far from every clas
 of *this* camera gets a low Energy, so the device's Energy verdicts use it unchanged.
 
 The β term keeps the cloud's head in the vote: β·(cloud logits) multiplies the window's
-class posteriors by the cloud head's posteriors to the power β (a product of experts). The
-window's 64 clips estimate 6 means and a 128-dimensional covariance; on cameras like those
-H was trained on, H's head is already close to fine-tuning and the estimate only adds
-noise; on unfamiliar cameras the window's statistics carry what H cannot know.
+class posteriors by the cloud head's posteriors to the power β (a product of experts). A
+window of about a hundred clips estimates 6 means and a 128-dimensional covariance; on
+cameras like those H was trained on, H's head is already close to fine-tuning and the
+estimate only adds noise; on unfamiliar cameras the window's statistics carry what H
+cannot know.
 """
 
 from __future__ import annotations

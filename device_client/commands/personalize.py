@@ -127,8 +127,10 @@ def _refinement_line(personalizer, clips: int) -> str:
             f"refinement: not yet ({clips} window clips, needs {settings.min_window}); "
             "the cloud's theta is used as sent"
         )
+    assert personalizer.snapshot is not None and personalizer.snapshot.refined is not None
     return (
-        f"refinement: theta refined on {clips} window clips without labels "
+        f"refinement: theta refined on {personalizer.snapshot.refined.window_clips} window "
+        "clips without labels "
         f"({settings.iterations} EM iterations, shrinkage {settings.shrinkage}); "
         "the refined head classifies and scores"
     )
