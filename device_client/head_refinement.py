@@ -57,7 +57,9 @@ ITERATIONS = 3
 SHRINKAGE = 1.0
 #: β, the weight of the cloud head's logits in the refined head; chosen on validation
 #: devices of seen shifts and of the validation families (docs/personalization.md)
-CLOUD_WEIGHT = 3.0
+CLOUD_WEIGHT = 4.0
+#: whether every E-step keeps the cloud head in the vote (see :class:`RefinementSettings`)
+ANCHORED = False
 #: fewest window clips a refinement is computed from (fewer: the cloud's Θ is used as is)
 MIN_WINDOW = 32
 #: folds of :func:`cross_fitted_energy`: 2 gave the same share of validation devices meeting
@@ -74,6 +76,9 @@ class RefinementSettings:
     shrinkage: float = SHRINKAGE
     min_window: int = MIN_WINDOW
     cloud_weight: float = CLOUD_WEIGHT
+    #: E-steps after the first use the refined head's own posterior, LDA + β·Θ (EM for the
+    #: product of experts), instead of the window-only LDA
+    anchored: bool = ANCHORED
 
     def __post_init__(self) -> None:
         if isinstance(self.iterations, bool) or not 1 <= int(self.iterations) <= 100:
@@ -151,8 +156,11 @@ def refine_head(
     kernel_t, bias_t = split_theta(torch.from_numpy(theta), window.shape[1], num_classes)
     kernel, bias = cloud_kernel, cloud_bias = kernel_t.numpy(), bias_t.numpy()
     precision = np.eye(window.shape[1])
-    for _ in range(settings.iterations):
+    cloud_logits = window @ cloud_kernel + cloud_bias
+    for iteration in range(settings.iterations):
         logits = window @ kernel + bias
+        if settings.anchored and iteration > 0:
+            logits = logits + settings.cloud_weight * cloud_logits
         logits -= logits.max(1, keepdims=True)
         membership = np.exp(logits)
         membership /= membership.sum(1, keepdims=True)  # E-step: r [W, C]

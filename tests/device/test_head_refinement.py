@@ -92,6 +92,26 @@ def test_the_cloud_head_votes_with_weight_beta():
     assert torch.allclose(voting.logits(z), alone.logits(z) + 2.0 * cloud, atol=1e-9)
 
 
+def test_anchored_e_steps_use_the_refined_heads_own_posterior():
+    window, _ = shifted_clips(64, seed=22)
+    beta = 2.0
+    settings = RefinementSettings(iterations=1, cloud_weight=beta, anchored=True)
+    first = refine_head(window, global_theta(), C, settings)
+    # the first E-step is the cloud's alone, so one anchored iteration is plain EM
+    plain = refine_head(window, global_theta(), C, RefinementSettings(iterations=1))
+    assert np.allclose(first.kernel, plain.kernel) and np.allclose(first.bias, plain.bias)
+    # the second E-step: softmax(LDA of the first M-step + β·Θ), by hand
+    cloud = window @ first.cloud_kernel + first.cloud_bias
+    membership = torch.softmax(
+        torch.from_numpy(window @ first.kernel + first.bias + beta * cloud), 1
+    )
+    means = (membership.T.numpy() @ window) / membership.sum(0).numpy()[:, None]
+    second = refine_head(window, global_theta(), C, RefinementSettings(2, 1.0, 32, beta, True))
+    assert np.allclose(second.kernel, second.precision @ means.T, atol=1e-8)
+    unanchored = refine_head(window, global_theta(), C, RefinementSettings(2, 1.0, 32, beta))
+    assert not np.allclose(second.kernel, unanchored.kernel)
+
+
 def test_energy_of_the_refined_head_flags_clips_off_the_cameras_classes():
     window, _ = shifted_clips(64, seed=4)
     head = refine_head(window, global_theta(), C)
