@@ -53,11 +53,11 @@ from shared.ood.energy import energy
 #: EM iterations and covariance shrinkage λ the device uses: chosen on validation families
 #: only (``bench/personalization.py``, ``choose_refinement``); accuracy was flat for
 #: λ ∈ [0.3, 3] and 2–10 iterations there
-ITERATIONS = 3
-SHRINKAGE = 1.0
+ITERATIONS = 5
+SHRINKAGE = 3.0
 #: β, the weight of the cloud head's logits in the refined head; chosen on validation
 #: devices of seen shifts and of the validation families (docs/personalization.md)
-CLOUD_WEIGHT = 4.0
+CLOUD_WEIGHT = 3.0
 #: whether every E-step keeps the cloud head in the vote (see :class:`RefinementSettings`)
 ANCHORED = False
 #: fewest window clips a refinement is computed from (fewer: the cloud's Θ is used as is)

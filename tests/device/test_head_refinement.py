@@ -106,9 +106,16 @@ def test_anchored_e_steps_use_the_refined_heads_own_posterior():
         torch.from_numpy(window @ first.kernel + first.bias + beta * cloud), 1
     )
     means = (membership.T.numpy() @ window) / membership.sum(0).numpy()[:, None]
-    second = refine_head(window, global_theta(), C, RefinementSettings(2, 1.0, 32, beta, True))
+    second = refine_head(
+        window,
+        global_theta(),
+        C,
+        RefinementSettings(iterations=2, cloud_weight=beta, anchored=True),
+    )
     assert np.allclose(second.kernel, second.precision @ means.T, atol=1e-8)
-    unanchored = refine_head(window, global_theta(), C, RefinementSettings(2, 1.0, 32, beta))
+    unanchored = refine_head(
+        window, global_theta(), C, RefinementSettings(iterations=2, cloud_weight=beta)
+    )
     assert not np.allclose(second.kernel, unanchored.kernel)
 
 
