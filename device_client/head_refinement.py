@@ -16,7 +16,7 @@ on. The device can estimate that from its recent window without labels, forward-
 This is EM for a Gaussian mixture with shared covariance (Dempster, Laird & Rubin 1977),
 started from the cloud's head so cluster k stays class k. Cost: a [W, D] × [D, C] product,
 C weighted means, one [D, D] covariance and one D × D inverse per iteration, once per
-refresh (milliseconds for W = 96, D = 128; measured in BENCHMARKS.md).
+refresh (milliseconds for W = 128, D = 128; measured in BENCHMARKS.md).
 
 The refined head scores OOD as well as classifying: its logits are the class-conditional
 Gaussian log-likelihoods relative to one Gaussian fitted to the whole window

@@ -70,7 +70,7 @@ PersonalizeMode = Literal["per_sample", "per_device"]
 #: the quantile of the window's Energy under Θ (and of the reference under the global head)
 #: that sets the personalised threshold's offset; chosen on validation devices by
 #: ``bench/personal_threshold.py`` (see BENCHMARKS.md, section personal_threshold)
-THRESHOLD_QUANTILE = 0.5
+THRESHOLD_QUANTILE = 0.6
 #: how a per-device Θ is refined on the window by default (see :mod:`device_client.head_refinement`)
 DEFAULT_REFINEMENT = RefinementSettings()
 
