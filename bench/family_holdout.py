@@ -10,9 +10,10 @@ F (noise, lighting, blur): H is trained as the server trains it on the bench's t
 devices *without* any F type (the cached embeddings, filtered), then evaluated on 16 new
 devices whose shift includes an F type (8 alone, 8 composed with 1–2 other per-pixel
 training types; severities 3–5) applied to validation clips: a 64-clip window, accuracy on
-the 128 other clips, for the global head, Θ as sent (α = 0.25), Θ refined on the window
-with the device's settings, and the head fine-tuned with the window's labels (the
-ceiling). Nothing is chosen here. Writes bench/results/family_holdout.json and its
+the 128 other clips and Energy AUROC against 96 near and 96 far OOD clips pushed through
+the same camera, for the global head, Θ as sent (α = 0.25), Θ refined on the window with
+the device's settings, and the head fine-tuned with the window's labels (the ceiling).
+Nothing is chosen here. Writes bench/results/family_holdout.json and its
 BENCHMARKS.md section.
 """
 
@@ -47,11 +48,16 @@ from shared.data.corruptions import FAMILY_OF
 from shared.data.device_shifts import SHIFT_SPLIT, DeviceProfile, ShiftStep
 from shared.data.digit_actions import DigitActionsConfig, load_split
 from shared.models.checkpoint import load_bundle
+from shared.ood.energy import energy
+from shared.ood.metrics import ood_metrics
 
 FAMILIES = ("noise", "lighting", "blur")
 DEVICES = 16
 CLIPS = 192
 WINDOW = 64
+#: OOD clips per device and split, through the device's camera
+OOD_CLIPS = 96
+METRICS = ("acc", "near", "far")
 HEADS = ("global head", "Θ as sent (α = 0.25)", "Θ refined on the device", "fine-tuned")
 
 
@@ -72,9 +78,10 @@ def held_out_profiles(family: str, seed: int = 5) -> list[DeviceProfile]:
     return profiles
 
 
-def device_accuracies(bundle, hypernet, z: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Accuracy of each head on the clips after the window."""
+def device_metrics(bundle, hypernet, device: dict) -> dict[str, dict[str, float]]:
+    """Per head: accuracy on the clips after the window, Energy AUROC against near / far."""
     classes, dim = bundle.config.num_classes, bundle.config.embed_dim
+    z, y = device["id"], device["labels"]
     window, scored, labels = z[:WINDOW], z[WINDOW:], y[WINDOW:]
     head = bundle.model.fused_head
     weight, bias = head.weight.detach().double().T.numpy(), head.bias.detach().double().numpy()
@@ -83,14 +90,39 @@ def device_accuracies(bundle, hypernet, z: np.ndarray, y: np.ndarray) -> dict[st
     with torch.no_grad():
         mean = torch.from_numpy(window.mean(0, keepdims=True)).float()
         theta = hypernet.theta(hypernet.masked_input(mean, mask))[0].double().numpy()
+    kernel, offset = theta[: dim * classes].reshape(dim, classes), theta[dim * classes :]
+    refined = refine_head(window, theta, classes)
     tuned = finetuned_head(bundle, torch.from_numpy(window), torch.from_numpy(y[:WINDOW]))
-    logits = {
-        HEADS[0]: scored @ weight + bias,
-        HEADS[1]: scored @ theta[: dim * classes].reshape(dim, classes) + theta[dim * classes :],
-        HEADS[2]: refine_head(window, theta, classes).logits(scored).numpy(),
-        HEADS[3]: tuned(torch.from_numpy(scored)).numpy(),
+    heads = {
+        HEADS[0]: lambda x: torch.from_numpy(x @ weight + bias),
+        HEADS[1]: lambda x: torch.from_numpy(x @ kernel + offset),
+        HEADS[2]: refined.logits,
+        HEADS[3]: lambda x: tuned(torch.from_numpy(x)),
     }
-    return {name: float((np.asarray(lg).argmax(1) == labels).mean()) for name, lg in logits.items()}
+    out = {}
+    for name, logits_of in heads.items():
+        id_logits = logits_of(scored)
+        row = {"acc": float((id_logits.argmax(1).numpy() == labels).mean())}
+        for ood in ("near", "far"):
+            ood_energy = energy(logits_of(device[ood])).numpy()
+            row[ood] = ood_metrics(energy(id_logits).numpy(), ood_energy)["auroc"]
+        out[name] = row
+    return out
+
+
+def embed_family_devices(bundle, profiles: list[DeviceProfile]) -> list[dict]:
+    """ID (validation clips) and near / far OOD embeddings of each held-out device."""
+    data = DigitActionsConfig()
+    sets = {
+        "id": embed_devices(bundle.model, load_split("val", data), profiles, CLIPS, seed=77),
+        "near": embed_devices(bundle.model, load_split("near", data), profiles, OOD_CLIPS, 78),
+        "far": embed_devices(bundle.model, load_split("far", data), profiles, OOD_CLIPS, 79),
+    }
+    return [
+        {"name": profile.name, "labels": sets["id"].y[i].numpy()}
+        | {split: s.z[i].double().numpy() for split, s in sets.items()}
+        for i, profile in enumerate(profiles)
+    ]
 
 
 def main() -> int:
@@ -107,7 +139,6 @@ def main() -> int:
     key = {"v": CACHE_VERSION, "base": sha, "quick": False, "split": SHIFT_SPLIT}
     print("training devices (the bench's cache) ...", flush=True)
     train, _ = cached(cache, {**key, "what": "train"}, lambda: collect_devices(config, bundle))
-    clips = load_split("val", DigitActionsConfig())
     results: dict[str, dict] = {}
     for family in FAMILIES:
         keep = [i for i, p in enumerate(train.profiles) if family not in p.families]
@@ -117,34 +148,35 @@ def main() -> int:
             HyperNetworkTrainConfig(base_model_path=base, steps=3000, threads=2), bundle, subset
         )
         profiles = held_out_profiles(family)
-        names = [p.name for p in profiles]
+        what = {"what": "family_holdout", "family": family, "ood": OOD_CLIPS}
         devices = cached(
             cache,
-            {**key, "what": "family_holdout", "family": family, "profiles": names},
-            lambda profiles=profiles: embed_devices(bundle.model, clips, profiles, CLIPS, seed=77),
+            {**key, **what, "profiles": [p.name for p in profiles]},
+            lambda profiles=profiles: embed_family_devices(bundle, profiles),
         )
-        rows = []
-        for profile, z, y in tqdm(
-            list(zip(devices.profiles, devices.z.double().numpy(), devices.y.numpy(), strict=True)),
-            desc=f"{family} devices",
-        ):
-            rows.append({"device": profile.name, **device_accuracies(bundle, hypernet, z, y)})
-        mean = {h: float(np.mean([r[h] for r in rows])) for h in HEADS}
+        rows = [
+            {"device": device["name"], **device_metrics(bundle, hypernet, device)}
+            for device in tqdm(devices, desc=f"{family} devices")
+        ]
+        mean = {h: {m: float(np.mean([r[h][m] for r in rows])) for m in METRICS} for h in HEADS}
         results[family] = {
             "training_devices": len(keep),
             "mean": mean,
-            "refined_below_global": sum(r[HEADS[2]] < r[HEADS[0]] - 0.01 for r in rows),
-            "refined_below_theta": sum(r[HEADS[2]] < r[HEADS[1]] - 0.01 for r in rows),
+            "refined_below_global": sum(
+                r[HEADS[2]]["acc"] < r[HEADS[0]]["acc"] - 0.01 for r in rows
+            ),
             "devices": rows,
         }
-        print(f"  {family}: " + ", ".join(f"{h} {v:.3f}" for h, v in mean.items()), flush=True)
+        print(f"  {family}: " + "; ".join(
+            f"{h} " + " / ".join(f"{v[m]:.3f}" for m in METRICS) for h, v in mean.items()
+        ), flush=True)  # fmt: skip
     table = markdown_table(
-        ["held-out training family", "H trained on", *HEADS, "refined − Θ (points)",
-         "devices refined < global − 1 pt"],
+        ["held-out training family (ID acc / near / far AUROC)", "H trained on", *HEADS,
+         "refined − Θ, ID acc (points)", "devices refined < global − 1 pt (ID)"],
         [
             [family, f"{r['training_devices']} devices",
-             *(f"{r['mean'][h]:.3f}" for h in HEADS),
-             f"{100 * (r['mean'][HEADS[2]] - r['mean'][HEADS[1]]):+.1f}",
+             *(" / ".join(f"{r['mean'][h][m]:.3f}" for m in METRICS) for h in HEADS),
+             f"{100 * (r['mean'][HEADS[2]]['acc'] - r['mean'][HEADS[1]]['acc']):+.1f}",
              f"{r['refined_below_global']} of {DEVICES}"]
             for family, r in results.items()
         ],
@@ -155,7 +187,8 @@ def main() -> int:
         {"results": results, "window": WINDOW, "clips_per_device": CLIPS,
          "refinement": {"iterations": settings.iterations, "shrinkage": settings.shrinkage,
                         "cloud_weight": settings.cloud_weight},
-         "seconds": round(time.perf_counter() - started, 1), "machine": machine()},
+         "ood_clips": OOD_CLIPS, "seconds": round(time.perf_counter() - started, 1),
+         "machine": machine()},
     )  # fmt: skip
     print(table)
     write_section(
@@ -163,7 +196,9 @@ def main() -> int:
         "Refinement on held-out training families (a validation check, nothing chosen)",
         f"Per training family F: H trained without any F type, {DEVICES} new devices with an "
         f"F type (8 alone, 8 composed; severities 3–5) on validation clips; {WINDOW}-clip "
-        f"window, ID accuracy on the {CLIPS - WINDOW} other clips. Refinement as the device "
+        f"window, ID accuracy on the {CLIPS - WINDOW} other clips, Energy AUROC against "
+        f"{OOD_CLIPS} near and {OOD_CLIPS} far OOD clips through the same camera. "
+        f"Refinement as the device "
         f"ships it ({settings.iterations} iterations, λ = {settings.shrinkage:g}, β = "
         f"{settings.cloud_weight:g}); fine-tuned: the global head trained on the window "
         f"with its labels. Machine: {machine()}.\n\n{table}",
