@@ -19,35 +19,30 @@ BENCHMARKS.md section.
 
 from __future__ import annotations
 
-import hashlib
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench.personalization import CACHE_VERSION, cached, finetuned_head
+from bench.personalization import cached, finetuned_head
+from bench.refinement_study import bench_training_devices
 from bench.report import (
-    default_base_model_path,
     machine,
     markdown_table,
     write_json,
     write_section,
 )
 from device_client.head_refinement import RefinementSettings, refine_head
-from server.settings import Settings
 from server.training.device_embeddings import DeviceSet, embed_devices
 from server.training.hypernetwork import (
     HyperNetworkTrainConfig,
-    collect_devices,
     fit_hypernetwork,
 )
 from shared.channel_importance import channel_importance, top_alpha_channels
 from shared.data.corruptions import FAMILY_OF
 from shared.data.device_shifts import SHIFT_SPLIT, DeviceProfile, ShiftStep
 from shared.data.digit_actions import DigitActionsConfig, load_split
-from shared.models.checkpoint import load_bundle
 from shared.ood.energy import energy
 from shared.ood.metrics import ood_metrics
 
@@ -128,17 +123,8 @@ def embed_family_devices(bundle, profiles: list[DeviceProfile]) -> list[dict]:
 def main() -> int:
     torch.set_num_threads(2)
     started = time.perf_counter()
-    base = str(default_base_model_path())
-    sha = hashlib.sha256(Path(base).read_bytes()).hexdigest()
-    bundle = load_bundle(base)
-    config = HyperNetworkTrainConfig(
-        base_model_path=base, devices=200, clips_per_device=64, val_devices=16,
-        val_clips_per_device=64, threads=1,
-    )  # fmt: skip
-    cache = Settings().data_dir / "cache" / "bench-personalization"
-    key = {"v": CACHE_VERSION, "base": sha, "quick": False, "split": SHIFT_SPLIT}
-    print("training devices (the bench's cache) ...", flush=True)
-    train, _ = cached(cache, {**key, "what": "train"}, lambda: collect_devices(config, bundle))
+    setup = bench_training_devices()
+    base, bundle, train, cache, key = setup.base, setup.bundle, setup.train, setup.cache, setup.key
     results: dict[str, dict] = {}
     for family in FAMILIES:
         keep = [i for i, p in enumerate(train.profiles) if family not in p.families]

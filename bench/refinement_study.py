@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +37,7 @@ from device_client.head_refinement import (
     shrunk_precision,
 )
 from server.settings import Settings
-from server.training.device_embeddings import embed_clipset
+from server.training.device_embeddings import DeviceSet, embed_clipset
 from server.training.hypernetwork import (
     HyperNetworkTrainConfig,
     collect_devices,
@@ -50,7 +52,7 @@ from shared.data.device_shifts import (
     shift_clipset,
 )
 from shared.data.digit_actions import DigitActionsConfig, load_split
-from shared.models.checkpoint import load_bundle
+from shared.models.checkpoint import ModelBundle, load_bundle
 from shared.ood.energy import energy
 from shared.ood.metrics import ood_metrics
 
@@ -139,9 +141,19 @@ def _config_name(config: tuple[float, bool]) -> str:
     return f"{'anchored ' if anchored else ''}EM from Θ, β = {beta:g}"
 
 
-def main() -> int:
-    torch.set_num_threads(2)
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class BenchDevices:
+    """The registered base model and the personalisation bench's cached training devices."""
+
+    base: str  # path of the base model file
+    bundle: ModelBundle
+    train: DeviceSet
+    cache: Path  # the bench's embedding cache
+    key: dict[str, Any]  # what every cache entry of this base model is keyed on
+
+
+def bench_training_devices() -> BenchDevices:
+    """The base model and the training devices ``bench.personalization`` embeds (cached)."""
     base = str(default_base_model_path())
     sha = hashlib.sha256(Path(base).read_bytes()).hexdigest()
     bundle = load_bundle(base)
@@ -153,6 +165,14 @@ def main() -> int:
     key = {"v": CACHE_VERSION, "base": sha, "quick": False, "split": SHIFT_SPLIT}
     print("training devices (the bench's cache) ...", flush=True)
     train, _ = cached(cache, {**key, "what": "train"}, lambda: collect_devices(config, bundle))
+    return BenchDevices(base, bundle, train, cache, key)
+
+
+def main() -> int:
+    torch.set_num_threads(2)
+    started = time.perf_counter()
+    setup = bench_training_devices()
+    base, bundle, train, cache, key = setup.base, setup.bundle, setup.train, setup.cache, setup.key
     print("validation devices ...", flush=True)
     groups = cached(cache, {**key, "what": "refinement_study"}, lambda: validation_devices(bundle))
     print("H with the server's default settings ...", flush=True)
