@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from bench.personalization import cached, finetuned_head
-from bench.refinement_study import bench_training_devices
+from bench.refinement_study import bench_training_devices, window_theta
 from bench.report import (
     machine,
     markdown_table,
@@ -39,7 +39,6 @@ from server.training.hypernetwork import (
     HyperNetworkTrainConfig,
     fit_hypernetwork,
 )
-from shared.channel_importance import channel_importance, top_alpha_channels
 from shared.data.corruptions import FAMILY_OF
 from shared.data.device_shifts import SHIFT_SPLIT, DeviceProfile, ShiftStep
 from shared.data.digit_actions import DigitActionsConfig, load_split
@@ -80,11 +79,7 @@ def device_metrics(bundle, hypernet, device: dict) -> dict[str, dict[str, float]
     window, scored, labels = z[:WINDOW], z[WINDOW:], y[WINDOW:]
     head = bundle.model.fused_head
     weight, bias = head.weight.detach().double().T.numpy(), head.bias.detach().double().numpy()
-    mask = torch.zeros(1, dim)
-    mask[0, top_alpha_channels(channel_importance(window), 0.25)] = 1.0
-    with torch.no_grad():
-        mean = torch.from_numpy(window.mean(0, keepdims=True)).float()
-        theta = hypernet.theta(hypernet.masked_input(mean, mask))[0].double().numpy()
+    theta = window_theta(hypernet, window)
     kernel, offset = theta[: dim * classes].reshape(dim, classes), theta[dim * classes :]
     refined = refine_head(window, theta, classes)
     tuned = finetuned_head(bundle, torch.from_numpy(window), torch.from_numpy(y[:WINDOW]))

@@ -115,6 +115,15 @@ def fixed_covariance_em(window, kernel, bias, precision, iterations):
     return lambda z: z @ kernel + bias
 
 
+@torch.no_grad()
+def window_theta(hypernet, window: np.ndarray, alpha: float = 0.25) -> np.ndarray:
+    """Θ [D·C + C] the trained H gives for a window [W, D] in per-device mode (top-α mask)."""
+    mask = torch.zeros(1, window.shape[1])
+    mask[0, top_alpha_channels(channel_importance(window), alpha)] = 1.0
+    mean = torch.from_numpy(window.mean(0, keepdims=True)).float()
+    return hypernet.theta(hypernet.masked_input(mean, mask))[0].double().numpy()
+
+
 def device_rows(device, heads) -> dict[str, dict[str, float]]:
     """Per head: accuracy and Energy AUROCs. A head is one logits function, or a pair
     (the logits that classify, the logits whose Energy scores OOD)."""
@@ -188,11 +197,7 @@ def main() -> int:
     for group, devices in groups.items():
         for device in devices:
             window = device["val"][:WINDOW].numpy()
-            mask = torch.zeros(1, dim)
-            mask[0, top_alpha_channels(channel_importance(window), 0.25)] = 1.0
-            with torch.no_grad():
-                mean = torch.from_numpy(window.mean(0, keepdims=True)).float()
-                theta = hypernet.theta(hypernet.masked_input(mean, mask))[0].double().numpy()
+            theta = window_theta(hypernet, window)
             heads = {
                 "global head": lambda z: z @ weight + bias,
                 "Θ as sent (α = 0.25)": lambda z, t=theta: (

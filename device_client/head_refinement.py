@@ -156,11 +156,14 @@ def refine_head(
     kernel_t, bias_t = split_theta(torch.from_numpy(theta), window.shape[1], num_classes)
     kernel, bias = cloud_kernel, cloud_bias = kernel_t.numpy(), bias_t.numpy()
     precision = np.eye(window.shape[1])
-    cloud_logits = window @ cloud_kernel + cloud_bias
+    # anchored E-steps add β·(cloud logits), which do not change between iterations
+    anchor = (
+        settings.cloud_weight * (window @ cloud_kernel + cloud_bias) if settings.anchored else 0.0
+    )
     for iteration in range(settings.iterations):
         logits = window @ kernel + bias
-        if settings.anchored and iteration > 0:
-            logits = logits + settings.cloud_weight * cloud_logits
+        if iteration > 0:
+            logits = logits + anchor
         logits -= logits.max(1, keepdims=True)
         membership = np.exp(logits)
         membership /= membership.sum(1, keepdims=True)  # E-step: r [W, C]
