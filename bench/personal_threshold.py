@@ -107,7 +107,9 @@ class LocalCloud:
     def __init__(self, service: PersonalizationService) -> None:
         self.service = service
 
-    def personalize(self, alpha, indices, encrypted=None, plain=None) -> PersonalizeReply:
+    def personalize(
+        self, alpha, indices, encrypted=None, plain=None, familiarity_sha256=""
+    ) -> PersonalizeReply:
         answer = self.service.personalize(
             "validation-device", PersonalizeQuery(alpha, indices, plain=np.asarray(plain))
         )

@@ -69,7 +69,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,7 @@ from shared.data.device_shifts import (
 )
 from shared.data.digit_actions import SPLITS as DATA_SPLITS
 from shared.data.digit_actions import DigitActionsConfig, load_split
+from shared.familiarity import FAMILIAR_RATIO
 from shared.he import CKKSParams
 from shared.hypernet import HyperNetwork, hypernet_state, personalised_logits, restricted_map
 from shared.model_names import HYPERNETWORK
@@ -287,6 +288,8 @@ class FoldedH:
         self.reference = model.reference.double().numpy()
         self.per_device = model.config.variant == "device"
         self.classes = model.config.num_classes
+        #: the training devices' window means the cloud sends with Θ (shared.familiarity)
+        self.familiarity = model.familiarity
 
     def theta(self, u: np.ndarray, indices: np.ndarray) -> np.ndarray:
         """Θ from descriptions u [D] or [N, D] on the selected channels (plaintext mode)."""
@@ -645,6 +648,7 @@ def evaluate_devices(
             "finetuned",
             "refined",
             "refined_guarded",
+            "gated",
             *guards,
         )
     }
@@ -688,6 +692,13 @@ def evaluate_devices(
         state = HeadGuard(weight, bias, **guards["guarded"]).refresh(window, refined)
         entry["refined_guarded"] = asdict(state)
         rows["refined_guarded"].append(rows["refined"][-1] if state.trusted else global_row)
+        # what the device ships: on a camera like H's training devices Θ classifies and the
+        # refined head scores (shared.familiarity); elsewhere the refined head does both
+        assert hypernet.familiarity is not None
+        ratio = hypernet.familiarity.ratio(window.mean(0))
+        gated = replace(refined, classify_with_cloud=ratio <= FAMILIAR_RATIO)
+        rows["gated"].append(detection_metrics(pipeline, device, gated.logits))
+        entry["familiarity"] = {"ratio": ratio, "theta_classifies": ratio <= FAMILIAR_RATIO}
         guard_log.append(entry)
         paper_logits = paper.logits_for(window, window_indices(window, 0.25))
         rows["paper"].append(detection_metrics(pipeline, device, paper_logits))
@@ -703,11 +714,12 @@ HEADS = (
     "guarded_old",
     "refined",
     "refined_guarded",
+    "gated",
     "paper",
     "finetuned",
 )
 #: heads whose gap to fine-tuning and worst device vs global each population reports
-GAP_HEADS = ("personalised", "guarded", "guarded_old", "refined", "refined_guarded")
+GAP_HEADS = ("personalised", "guarded", "guarded_old", "refined", "refined_guarded", "gated")
 METRICS = ("id_acc", "near_auroc", "near_hard_auroc", "far_auroc")
 
 
@@ -728,6 +740,7 @@ def unseen_block(devices: list[dict], rows: dict[str, list[dict]], guard_log: li
         "guarded_old": summary(average(rows["guarded_old"])),
         "refined": summary(average(rows["refined"])),
         "refined_guarded": summary(average(rows["refined_guarded"])),
+        "gated": summary(average(rows["gated"])),
         "paper_per_sample": summary(average(rows["paper"])),
         "finetuned": summary(average(rows["finetuned"])),
         "near_hard_available": "near_hard" in OOD_SPLITS,
@@ -906,7 +919,7 @@ def main() -> None:
         **average(seen_rows["per_sample_mode"]),
         **{k: v for k, v in costs["0.25"].items() if k != "max_logit_diff"},
     }
-    for name in ("refined", "refined_guarded"):  # the device refines the α = 0.25 Θ
+    for name in ("refined", "refined_guarded", "gated"):  # the device refines the α = 0.25 Θ
         results[name] = {
             **average(seen_rows[name]),
             **{k: v for k, v in costs["0.25"].items() if k != "max_logit_diff"},
@@ -919,6 +932,7 @@ def main() -> None:
         "alpha_0.25": [r["id_accuracy"] for r in seen_rows["alpha_0.25"]],
         "refined": [r["id_accuracy"] for r in seen_rows["refined"]],
         "refined_guarded": [r["id_accuracy"] for r in seen_rows["refined_guarded"]],
+        "gated": [r["id_accuracy"] for r in seen_rows["gated"]],
         "finetuned": [r["id_accuracy"] for r in seen_rows["finetuned"]],
     }
     results["seen"] = unseen_block(seen, seen_rows, seen_guard_log)
@@ -1007,6 +1021,11 @@ def _rows(results: dict):
     if "refined" in results:
         yield "SecDOOD α=0.25 + device refinement (label-free EM)", results["refined"]
         yield "SecDOOD α=0.25 + device refinement + guard", results["refined_guarded"]
+    if "gated" in results:
+        yield (
+            "SecDOOD α=0.25 + refinement, Θ classifies familiar cameras (shipped)",
+            results["gated"],
+        )
     yield "paper H, per-sample 0.25 (as before)", results["paper_per_sample_0.25"]
     yield "global head", results["global"]
     yield "fine-tuned head (backprop)", results["finetuned"]
@@ -1043,6 +1062,7 @@ UNSEEN_ROWS = (
     ("guarded_old", "SecDOOD α = 0.25 + old guard (msp, slack 0.05)"),
     ("refined", "SecDOOD α = 0.25 + device refinement (label-free EM on the window)"),
     ("refined_guarded", "SecDOOD α = 0.25 + device refinement + device guard (chosen rule)"),
+    ("gated", "SecDOOD α = 0.25 + refinement, Θ classifies familiar cameras (shipped)"),
     ("paper_per_sample", "paper H, per-sample, trained on 8 fixed shifts (before)"),
     ("finetuned", "per-device fine-tuning (backprop)"),
 )
@@ -1053,6 +1073,7 @@ GAP_LABELS = (
     ("personalised", "SecDOOD"),
     ("refined", "refined"),
     ("refined_guarded", "refined + guard"),
+    ("gated", "refined, familiarity gate"),
 )
 
 
@@ -1087,12 +1108,15 @@ def unseen_markdown(unseen: dict) -> str:
             )
             + " |"
         )
-    refined = bool(unseen["devices"]) and "refined" in unseen["devices"][0]
-    heads = ("global", "personalised", *(("refined",) if refined else ()), "finetuned")
-    names = " / ".join(
-        {"global": "global", "personalised": "SecDOOD", "refined": "refined"}.get(h, "fine-tuned")
-        for h in heads
+    first = unseen["devices"][0] if unseen["devices"] else {}
+    heads = (
+        "global",
+        "personalised",
+        *(h for h in ("refined", "gated") if h in first),
+        "finetuned",
     )
+    short = {"global": "global", "personalised": "SecDOOD", "refined": "refined", "gated": "gated"}
+    names = " / ".join(short.get(h, "fine-tuned") for h in heads)
     lines += [
         "",
         f"| unseen device (test split) | ID acc {names} | near AUROC {names} | far AUROC {names} |",
@@ -1234,6 +1258,7 @@ SUMMARY_HEADS = (
     ("personalised", "SecDOOD α = 0.25"),
     ("refined", "SecDOOD α = 0.25 + device refinement"),
     ("refined_guarded", "… + device guard"),
+    ("gated", "… Θ classifies familiar cameras (shipped)"),
     ("finetuned", "fine-tuned (backprop)"),
 )
 POPULATIONS = (
@@ -1430,6 +1455,7 @@ def plot_unseen(block: dict, path: Path, title: str) -> None:
         ("global", "global head"),
         ("personalised", "SecDOOD α=0.25"),
         ("refined", "SecDOOD α=0.25 + device refinement"),
+        ("gated", "… Θ classifies familiar cameras (shipped)"),
         ("finetuned", "fine-tuned"),
     )
     heads = tuple(h for h in heads if not devices or h[0] in devices[0])

@@ -49,20 +49,29 @@ class UploadingTransport:
         indices: list[int],
         encrypted: bytes | None = None,
         plain: list[float] | None = None,
+        familiarity_sha256: str = "",
     ) -> PersonalizeReply:
         if self.client is None:
             raise ServerUnreachableError("offline: no connection to the cloud")
         if encrypted is not None and self.keyring.upload_outdated(self.server, self.device_id):
             self._upload()
+        client = self.client
+
+        def send() -> PersonalizeReply:
+            return client.personalize(
+                alpha, indices, encrypted=encrypted, plain=plain,
+                familiarity_sha256=familiarity_sha256,
+            )  # fmt: skip
+
         try:
-            return self.client.personalize(alpha, indices, encrypted=encrypted, plain=plain)
+            return send()
         except GatewayClientError as error:
             if encrypted is None or not _context_lost(error):
                 raise
         # The cloud has no context of ours (first use, or it lost it) or holds another one:
         # upload once, retry. Asking first: a refusal (e.g. no HyperNetwork) uploads nothing.
         self._upload()
-        return self.client.personalize(alpha, indices, encrypted=encrypted, plain=plain)
+        return send()
 
     def _upload(self) -> None:
         assert self.client is not None

@@ -79,6 +79,10 @@ class PersonalizeReply(NamedTuple):
     he_seconds: float
     bytes_up: int
     bytes_down: int
+    #: sha256 of H's familiarity reference ("" when H has none) and its bytes (empty when
+    #: the request said the device already holds it)
+    familiarity_sha256: str = ""
+    familiarity: bytes = b""
 
 
 class PersonalizeTransport(Protocol):
@@ -90,6 +94,7 @@ class PersonalizeTransport(Protocol):
         indices: list[int],
         encrypted: bytes | None = None,
         plain: list[float] | None = None,
+        familiarity_sha256: str = "",
     ) -> PersonalizeReply: ...
 
 
@@ -344,12 +349,14 @@ class GatewayClient:
         plain: Sequence[float] | None = None,
         model_name: str = "",
         model_version: int = 0,
+        familiarity_sha256: str = "",
     ) -> PersonalizeReply:
         """One Personalize round trip: Enc(z[indices]) (or plain values) up, Θ down.
 
         Pass exactly one of ``encrypted`` (``CKKSVector.serialize()``; its sha256 is
         added here) or ``plain``. The cloud validates everything; refusals arrive as
         :class:`GatewayClientError` with the gRPC code (e.g. INVALID_ARGUMENT).
+        ``familiarity_sha256``: the familiarity reference the device holds (not resent).
         """
         if (encrypted is None) == (plain is None):
             raise ValueError("pass exactly one of encrypted= (ciphertext bytes) or plain=")
@@ -358,6 +365,7 @@ class GatewayClient:
             model_version=model_version,
             alpha=float(alpha),
             indices=[int(i) for i in indices],
+            familiarity_sha256=familiarity_sha256,
         )
         if encrypted is not None:
             request.encrypted = bytes(encrypted)
@@ -379,4 +387,6 @@ class GatewayClient:
             he_seconds=response.he_seconds,
             bytes_up=request.ByteSize(),
             bytes_down=response.ByteSize(),
+            familiarity_sha256=response.familiarity.sha256,
+            familiarity=response.familiarity.reference,
         )

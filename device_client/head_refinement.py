@@ -104,6 +104,9 @@ class GaussianHead:
     cloud_kernel: np.ndarray  # K_Θ [D, C], the cloud's head
     cloud_bias: np.ndarray  # b_Θ [C]
     cloud_weight: float  # β
+    #: the cloud's Θ decides the class while the refined head scores (a camera like those
+    #: H was trained on: shared.familiarity); argmax and softmax are Θ's, Energy is ours
+    classify_with_cloud: bool = False
 
     @property
     def embed_dim(self) -> int:
@@ -120,7 +123,13 @@ class GaussianHead:
         common = -0.5 * _quadratic(z, torch.from_numpy(self.precision)) + 0.5 * _quadratic(
             centred, torch.from_numpy(self.background_precision)
         )
-        return z @ kernel + bias + common[:, None]
+        logits = z @ kernel + bias + common[:, None]
+        if not self.classify_with_cloud:
+            return logits
+        # Θ's log-posteriors shifted by the refined head's logsumexp: Θ's argmax and
+        # softmax, the refined head's Energy
+        cloud = z @ torch.from_numpy(self.cloud_kernel) + torch.from_numpy(self.cloud_bias)
+        return torch.log_softmax(cloud, 1) + torch.logsumexp(logits, 1, keepdim=True)
 
 
 def _quadratic(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ Files (all written atomically)::
     personalization.json settings (alpha, mode, encrypted, refine), the last refresh and why
     theta.json           the cached per-device Θ (see :class:`CachedTheta`)
     theta_refined.npz    its refinement on the window (means and precisions; no embeddings)
+    familiarity.bin      H's training devices' window means, sent with Θ (public data)
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from device_client.personalization import PersonalizeMode, Personalizer, ThetaSn
 from device_client.state import DeviceState, write_atomically
 from device_client.theta_snapshot import CachedTheta, refined_from_bytes, refined_to_bytes
 from shared.channel_importance import DEFAULT_ALPHA, check_alpha
+from shared.familiarity import FamiliarityReference
 from shared.he import CKKSParams, create_context, public_context_bytes
 
 HE_DIR = "he"
@@ -58,6 +60,8 @@ SETTINGS_FILE = "personalization.json"
 THETA_FILE = "theta.json"
 #: the refined head of the cached Θ (binary: two D×D precisions; see theta_snapshot)
 REFINED_FILE = "theta_refined.npz"
+#: H's familiarity reference sent with the cached Θ (shared.familiarity; public data)
+FAMILIARITY_FILE = "familiarity.bin"
 #: CKKS parameters of new keys (the product's defaults; see :class:`shared.he.CKKSParams`)
 DEFAULT_PARAMS = CKKSParams()
 
@@ -299,6 +303,13 @@ class DeviceKeyring:
         if refined_path.is_file():  # a missing, stale or damaged one is recomputed on the window
             refined = refined_from_bytes(refined_path.read_bytes(), cached.snapshot.theta)
             cached = replace(cached, snapshot=replace(cached.snapshot, refined=refined))
+        familiarity_path = self.state.root / FAMILIARITY_FILE
+        if familiarity_path.is_file():  # a damaged one is sent again at the next refresh
+            try:
+                reference = FamiliarityReference.from_bytes(familiarity_path.read_bytes())
+            except ValueError:
+                reference = None
+            cached = replace(cached, snapshot=replace(cached.snapshot, familiarity=reference))
         return cached
 
     def save_theta(self, cached: CachedTheta) -> None:
@@ -308,6 +319,17 @@ class DeviceKeyring:
             refined_path.unlink(missing_ok=True)
         else:
             write_atomically(refined_path, refined_to_bytes(refined, cached.snapshot.theta), 0o600)
+        familiarity_path, familiarity = (
+            self.state.root / FAMILIARITY_FILE,
+            cached.snapshot.familiarity,
+        )
+        if familiarity is None:
+            familiarity_path.unlink(missing_ok=True)
+        elif (
+            not familiarity_path.is_file()
+            or familiarity_path.read_bytes() != familiarity.to_bytes()
+        ):
+            write_atomically(familiarity_path, familiarity.to_bytes(), 0o600)
 
     # -- the Personalizer ----------------------------------------------------------------
 

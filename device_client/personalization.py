@@ -30,7 +30,9 @@ refresh (:func:`energy_offset`, see :mod:`device_client.theta_snapshot`).
 Refinement on the device (per-device mode, on by default): once the window holds
 ``refinement.min_window`` clips, Θ is refined on it without labels or backprop
 (:mod:`device_client.head_refinement`); the refined head classifies and scores until the
-next refresh, with its own score reference and offset read from cross-fitted scores
+next refresh — except on a camera like those H was trained on (the window mean within
+``familiar_ratio`` of H's training devices, :mod:`shared.familiarity`), where Θ classifies
+and the refined head scores — with its own score reference and offset read from cross-fitted scores
 (:func:`~device_client.head_refinement.cross_fitted_energy`). The keyring saves it with Θ;
 a Θ restored without one is refined again once the window is full, offline too.
 """
@@ -38,6 +40,7 @@ a Θ restored without one is refined again once the window is full, offline too.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -47,7 +50,11 @@ import tenseal as ts
 import torch
 
 from device_client.channel_selection import DEFAULT_WINDOW, ChannelSelector, SelectionMethod
-from device_client.gateway_client import PersonalizeTransport, ServerUnreachableError
+from device_client.gateway_client import (
+    PersonalizeReply,
+    PersonalizeTransport,
+    ServerUnreachableError,
+)
 from device_client.head_refinement import (
     GaussianHead,
     RefinementSettings,
@@ -61,6 +68,7 @@ from device_client.theta_snapshot import (
     energy_offset,
 )
 from shared.channel_importance import DEFAULT_ALPHA
+from shared.familiarity import FAMILIAR_RATIO, FamiliarityReference
 from shared.he import decrypt_theta, encrypt_selected
 from shared.hypernet import personalised_logits
 from shared.ood.energy import energy
@@ -108,6 +116,7 @@ class Personalizer:
         reference_energy: np.ndarray | None = None,
         threshold_quantile: float = THRESHOLD_QUANTILE,
         refinement: RefinementSettings | None = DEFAULT_REFINEMENT,
+        familiar_ratio: float | None = FAMILIAR_RATIO,
     ) -> None:
         if mode not in ("per_sample", "per_device"):
             raise ValueError(f"mode must be 'per_sample' or 'per_device', got {mode!r}")
@@ -121,6 +130,10 @@ class Personalizer:
             raise ValueError(f"min_window must be in [2, window = {window}], got {min_window}")
         if not 0.0 < threshold_quantile < 1.0:
             raise ValueError(f"threshold_quantile must be in (0, 1), got {threshold_quantile}")
+        if familiar_ratio is not None and not (np.isfinite(familiar_ratio) and familiar_ratio > 0):
+            raise ValueError(
+                f"familiar_ratio must be a positive number or None, got {familiar_ratio}"
+            )
         self.transport = transport
         self.embed_dim = embed_dim
         self.num_classes = num_classes
@@ -142,6 +155,11 @@ class Personalizer:
         self.threshold_quantile = threshold_quantile
         #: how Θ is refined on the window (None: used as the cloud sent it); per-device only
         self.refinement = refinement if mode == "per_device" else None
+        #: a refined head lets Θ classify when the window mean is at most this familiar
+        #: ratio from H's training devices (None: the refined head always classifies)
+        self.familiar_ratio = familiar_ratio
+        #: H's training devices' window means, as the cloud last sent them
+        self.familiarity: FamiliarityReference | None = None
         #: the last Θ could not be refreshed because the cloud was unreachable
         self.stale = False
         self.refreshes = 0
@@ -207,6 +225,7 @@ class Personalizer:
             raise ValueError(f"cached theta has {theta.size} values, expected {self.theta_size}")
         self.snapshot = snapshot
         self.hypernet = snapshot.hypernet
+        self.familiarity = snapshot.familiarity
         self._due = RESTORED
 
     def observe(self, embeddings: np.ndarray) -> None:
@@ -220,12 +239,17 @@ class Personalizer:
             raise ValueError(f"z must be one embedding [{self.embed_dim}], got {list(z.shape)}")
         index_list = [int(i) for i in indices]
         alpha = self.selector.alpha
+        held = self.familiarity.sha256 if self.familiarity is not None else ""
         if self.context is not None:
             ciphertext = encrypt_selected(self.context, z, np.asarray(indices))
-            reply = self.transport.personalize(alpha, index_list, encrypted=ciphertext)
+            reply = self.transport.personalize(
+                alpha, index_list, encrypted=ciphertext, familiarity_sha256=held
+            )
             theta = decrypt_theta(self.context, reply.theta_ciphertexts, self.theta_size)
         else:
-            reply = self.transport.personalize(alpha, index_list, plain=z[indices].tolist())
+            reply = self.transport.personalize(
+                alpha, index_list, plain=z[indices].tolist(), familiarity_sha256=held
+            )
             theta = np.asarray(reply.theta_plain, dtype=np.float64)
             if theta.shape != (self.theta_size,):
                 raise ValueError(f"cloud sent {theta.size} values, expected {self.theta_size}")
@@ -234,7 +258,30 @@ class Personalizer:
         self.stats.bytes_down += reply.bytes_down
         self.stats.he_seconds += reply.he_seconds
         self.hypernet = HyperNetIdentity(reply.model_name, reply.model_version, reply.model_sha256)
+        self._keep_familiarity(reply)
         return theta
+
+    def _keep_familiarity(self, reply: PersonalizeReply) -> None:
+        """The reference of the H that answered: sent, already held, or none (an older H).
+
+        A damaged one is dropped with a warning: Θ is still good, and without a reference
+        the refined head classifies (the behaviour before the familiarity gate)."""
+        if not reply.familiarity:
+            held = self.familiarity
+            if held is None or reply.familiarity_sha256 != held.sha256:
+                self.familiarity = None
+            return
+        try:
+            reference = FamiliarityReference.from_bytes(reply.familiarity)
+            if reference.sha256 != reply.familiarity_sha256:
+                raise ValueError("it does not match its sha256")
+            if reference.embed_dim != self.embed_dim:
+                raise ValueError(f"it has {reference.embed_dim} dims, not {self.embed_dim}")
+        except ValueError as error:
+            warnings.warn(f"ignoring the cloud's familiarity reference: {error}", stacklevel=2)
+            self.familiarity = None
+            return
+        self.familiarity = reference
 
     def refresh(self, reason: str = "requested") -> np.ndarray:
         """Per-device Θ from the window mean; cached with its selection and score reference."""
@@ -256,6 +303,7 @@ class Personalizer:
             refreshed_at=time.time(),
             reason=reason,
             energy_offset=offset,
+            familiarity=self.familiarity,
         )
         self._refine_if_possible(at_refresh=True)
         self.stale = False
@@ -286,12 +334,20 @@ class Personalizer:
         if len(window) < needed:
             return
         head = refine_head(window, snapshot.theta, self.num_classes, settings)
+        ratio = None
+        if self.familiarity is not None and self.familiar_ratio is not None:
+            # a camera like those H was trained on: Θ classifies, the refined head scores
+            ratio = self.familiarity.ratio(window.mean(0))
+            head = replace(head, classify_with_cloud=ratio <= self.familiar_ratio)
         # the head fits the window's clips: their own scores would be optimistic, so its
         # scale is read from scores of window clips under heads fitted without them
         scores = cross_fitted_energy(window, snapshot.theta, self.num_classes, settings)
         reference, offset = self._score_scale(torch.from_numpy(scores))
         self.snapshot = replace(
-            snapshot, refined=RefinedHead(head, reference, offset, window_clips=len(window))
+            snapshot,
+            refined=RefinedHead(
+                head, reference, offset, window_clips=len(window), familiarity=ratio
+            ),
         )
 
     def head_logits(self, z: np.ndarray) -> torch.Tensor:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from device_client.head_refinement import GaussianHead
+from shared.familiarity import FamiliarityReference
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ class RefinedHead:
     score_reference: tuple[float, float]  # mean and std of the window's Energy under it
     energy_offset: float | None
     window_clips: int  # how many clips it was refined on
+    #: the window mean's distance from H's training devices (shared.familiarity; None:
+    #: no reference), which decided whether Θ classifies (``head.classify_with_cloud``)
+    familiarity: float | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,8 @@ class ThetaSnapshot:
     energy_offset: float | None = None
     #: Θ refined on the window (saved beside theta.json; None: Θ is used as it came)
     refined: RefinedHead | None = None
+    #: H's training devices' window means, sent with Θ (saved beside theta.json)
+    familiarity: FamiliarityReference | None = None
 
 
 def energy_offset(
@@ -140,6 +146,7 @@ def refined_to_bytes(refined: RefinedHead, theta: np.ndarray) -> bytes:
         score_reference=np.array(refined.score_reference),
         energy_offset=np.array(np.nan if refined.energy_offset is None else refined.energy_offset),
         window_clips=np.array(refined.window_clips),
+        familiarity=np.array(np.nan if refined.familiarity is None else refined.familiarity),
         **{name: np.asarray(value) for name, value in asdict(head).items()},
     )
     return buffer.getvalue()
@@ -152,11 +159,17 @@ def refined_from_bytes(data: bytes, theta: np.ndarray) -> RefinedHead | None:
         with np.load(io.BytesIO(data), allow_pickle=False) as saved:
             if str(saved["theta_sha256"]) != _theta_digest(theta):
                 return None
-            arrays = {f.name: saved[f.name] for f in fields(GaussianHead)}
-            head = GaussianHead(**arrays | {"cloud_weight": float(arrays["cloud_weight"])})
+            arrays = {f.name: saved[f.name] for f in fields(GaussianHead) if f.name in saved}
+            scalars = {
+                "cloud_weight": float(arrays["cloud_weight"]),
+                # saved before the familiarity gate: the refined head classified
+                "classify_with_cloud": bool(arrays.get("classify_with_cloud", False)),
+            }
+            head = GaussianHead(**arrays | scalars)
             mean, std = (float(x) for x in saved["score_reference"])
             offset = float(saved["energy_offset"])
             clips = int(saved["window_clips"])
+            ratio = float(saved["familiarity"]) if "familiarity" in saved else np.nan
     except (OSError, KeyError, ValueError, TypeError):
         return None
     shapes_ok = head.kernel.shape == head.cloud_kernel.shape and head.precision.shape == (
@@ -165,4 +178,7 @@ def refined_from_bytes(data: bytes, theta: np.ndarray) -> RefinedHead | None:
     )
     if not shapes_ok or not all(np.isfinite(a).all() for a in (head.kernel, head.precision)):
         return None
-    return RefinedHead(head, (mean, std), None if np.isnan(offset) else offset, clips)
+    return RefinedHead(
+        head, (mean, std), None if np.isnan(offset) else offset, clips,
+        None if np.isnan(ratio) else ratio,
+    )  # fmt: skip

@@ -35,6 +35,7 @@ from server.he_pool import HEWorkerPool
 from server.registry import Registry
 from server.registry.records import ModelRecord
 from shared.channel_importance import channel_count, check_alpha, check_indices
+from shared.familiarity import FamiliarityReference
 from shared.hypernet import HyperNetworkConfig, hypernet_from_state, restricted_map
 from shared.model_names import HYPERNETWORK
 from shared.saved_files import METHOD_FORMAT, read_payload
@@ -63,6 +64,8 @@ class FoldedHyperNet:
     a: np.ndarray  # [D, D·C + C]
     c: np.ndarray  # [D·C + C]
     reference: np.ndarray  # [D]: the value an unselected channel stands for
+    #: H's training devices' window means, sent to devices with Θ (None: an older H)
+    familiarity: FamiliarityReference | None = None
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,9 @@ class PersonalizationService:
         model = hypernet_from_artifact(self._registry.artifacts.read_bytes(record.artifact_sha256))
         a, c = model.affine_map()
         reference = model.reference.double().numpy()
-        folded = FoldedHyperNet(record, model.config, a.numpy(), c.numpy(), reference)
+        folded = FoldedHyperNet(
+            record, model.config, a.numpy(), c.numpy(), reference, model.familiarity
+        )
         with self._lock:
             self._hypernets[record.artifact_sha256] = folded
         return folded

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from shared.familiarity import FamiliarityReference
 from shared.saved_files import check_format
 
 HYPERNET_FORMAT = "secdood-hypernetwork"
@@ -97,6 +98,8 @@ class HyperNetwork(nn.Module):
         d, c = self.config.embed_dim, self.config.num_classes
         #: r: the value an unselected channel stands for (zero for the paper's variants)
         self.register_buffer("reference", torch.zeros(d))
+        #: the training devices' window means, shipped to devices with Θ (``device`` variant)
+        self.familiarity: FamiliarityReference | None = None
         if self.config.variant == "device":
             self.register_buffer("head_theta", torch.zeros(d * c + c))
             self.down = nn.Linear(d, self.config.hidden_dim, bias=False)
@@ -260,13 +263,19 @@ def personalised_logits(z: torch.Tensor, theta: torch.Tensor, num_classes: int) 
 
 def hypernet_state(model: HyperNetwork, base_model_sha256: str = "") -> dict[str, Any]:
     """What a trained H is stored as (tensors and plain values only; loads weights_only)."""
-    return {
+    state = {
         "format": HYPERNET_FORMAT,
         "format_version": HYPERNET_FORMAT_VERSION,
         "config": model.config.to_dict(),
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "base_model_sha256": base_model_sha256,
     }
+    if model.familiarity is not None:
+        state["familiarity"] = {
+            "means": torch.from_numpy(np.array(model.familiarity.means, dtype=np.float32)),
+            "scale": float(model.familiarity.scale),
+        }
+    return state
 
 
 def hypernet_from_state(state: dict[str, Any]) -> HyperNetwork:
@@ -276,4 +285,9 @@ def hypernet_from_state(state: dict[str, Any]) -> HyperNetwork:
     weights = dict(state["state_dict"])
     weights.setdefault("reference", torch.zeros(model.config.embed_dim))  # version 1
     model.load_state_dict(weights)
+    familiarity = state.get("familiarity")  # absent before the familiarity gate
+    if familiarity is not None:
+        model.familiarity = FamiliarityReference(
+            familiarity["means"].numpy(), float(familiarity["scale"])
+        )
     return model.eval()

@@ -209,4 +209,9 @@ class DeviceGatewayServicer(gateway_pb2_grpc.DeviceGatewayServicer):
         )
         if answer.theta_plain is not None:
             response.theta_plain.values.extend(answer.theta_plain.tolist())
+        familiarity = hypernet.familiarity
+        if familiarity is not None:  # its bytes only when the device lacks this one
+            response.familiarity.sha256 = familiarity.sha256
+            if request.familiarity_sha256 != familiarity.sha256:
+                response.familiarity.reference = familiarity.to_bytes()
         return response

@@ -47,6 +47,7 @@ from server.training.device_embeddings import (
 from shared.channel_importance import channel_count, channel_importance, check_alpha
 from shared.data.device_shifts import evaluation_profiles
 from shared.data.digit_actions import DigitActionsConfig, load_split
+from shared.familiarity import familiarity_reference
 from shared.hypernet import (
     HyperNetwork,
     HyperNetworkConfig,
@@ -308,6 +309,8 @@ def fit_hypernetwork(
     model = new_hypernetwork(config, bundle)
     if config.variant == "device":
         model.set_reference(means.mean((0, 1)))
+        # what the device measures its own window mean against (shared.familiarity)
+        model.familiarity = familiarity_reference(train.z.double().mean(1).numpy())
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     parallel = DataParallel.from_environment()  # torchrun: each rank a share of every batch
     parallel.attach(optimiser)

@@ -30,7 +30,9 @@ class FixedTheta:
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
         self.theta = torch.cat([weight.T.reshape(-1), bias]).double().tolist()
 
-    def personalize(self, alpha, indices, encrypted=None, plain=None) -> PersonalizeReply:
+    def personalize(
+        self, alpha, indices, encrypted=None, plain=None, familiarity_sha256=""
+    ) -> PersonalizeReply:
         return PersonalizeReply([], self.theta, "hypernetwork", 3, "ab" * 32, D, C, 0.0, 1, 1)
 
 

@@ -14,7 +14,12 @@ from device_client.head_refinement import (
     cross_fitted_energy,
     refine_head,
 )
-from device_client.keyring import REFINED_FILE, DeviceKeyring, PersonalizationSettings
+from device_client.keyring import (
+    FAMILIARITY_FILE,
+    REFINED_FILE,
+    DeviceKeyring,
+    PersonalizationSettings,
+)
 from device_client.personalization import (
     THRESHOLD_QUANTILE,
     Personalizer,
@@ -22,6 +27,7 @@ from device_client.personalization import (
 )
 from device_client.state import DeviceState
 from device_client.theta_snapshot import refined_from_bytes, refined_to_bytes
+from shared.familiarity import FAMILIAR_RATIO, FamiliarityReference, familiarity_reference
 from shared.hypernet import personalised_logits
 from shared.ood.energy import energy
 
@@ -165,7 +171,9 @@ class FixedTheta:
     def __init__(self, theta: np.ndarray, reachable: bool = True) -> None:
         self.theta, self.reachable, self.calls = theta, reachable, 0
 
-    def personalize(self, alpha, indices, encrypted=None, plain=None) -> PersonalizeReply:
+    def personalize(
+        self, alpha, indices, encrypted=None, plain=None, familiarity_sha256=""
+    ) -> PersonalizeReply:
         self.calls += 1
         if not self.reachable:
             raise ServerUnreachableError("cloud down")
@@ -305,3 +313,96 @@ def test_the_refined_head_survives_a_restart_and_only_for_its_own_theta(tmp_path
         settings=PersonalizationSettings(alpha=1.0, encrypted=False),
     )  # fmt: skip
     assert offline.snapshot is not None and not offline.refined  # the damaged file
+
+
+class FamiliarCloud(FixedTheta):
+    """A cloud whose H sends a familiarity reference, its bytes only when not yet held."""
+
+    def __init__(self, theta: np.ndarray, reference: FamiliarityReference, data=None) -> None:
+        super().__init__(theta)
+        self.reference, self.data, self.held = reference, data, []
+
+    def personalize(
+        self, alpha, indices, encrypted=None, plain=None, familiarity_sha256=""
+    ) -> PersonalizeReply:
+        self.held.append(familiarity_sha256)
+        reply = super().personalize(alpha, indices, plain=plain)
+        sha = self.reference.sha256
+        data = b"" if familiarity_sha256 == sha else (self.data or self.reference.to_bytes())
+        return reply._replace(familiarity_sha256=sha, familiarity=data)
+
+
+def reference_around(window: np.ndarray, offset: float) -> FamiliarityReference:
+    """Ten training devices; the first sits ``offset`` away from the window's mean."""
+    rng = np.random.default_rng(60)
+    means = window.mean(0) + offset * np.eye(D)[0] + rng.normal(0.0, 1.0, (10, D))
+    means[0] = window.mean(0) + offset * np.eye(D)[0]
+    return familiarity_reference(means)
+
+
+def test_on_a_familiar_camera_theta_classifies_and_the_refined_head_scores():
+    window, _ = shifted_clips(64, seed=61)
+    cloud = FamiliarCloud(global_theta(), reference_around(window, 0.0))
+    device = Personalizer(cloud, D, C, None, alpha=1.0, min_window=32)
+    device.logits(window)
+    assert device.refined and device.familiarity is not None
+    head, refined = device.head, device.snapshot.refined
+    assert head.classify_with_cloud and refined.familiarity == pytest.approx(0.0, abs=1e-5)
+    z, _ = shifted_clips(200, seed=62)
+    theta_logits = personalised_logits(torch.from_numpy(z), torch.from_numpy(global_theta()), C)
+    assert torch.equal(head.logits(z).argmax(1), theta_logits.argmax(1))
+    plain = refine_head(window, global_theta(), C)  # the same EM, its own classes
+    assert torch.allclose(energy(head.logits(z)), energy(plain.logits(z)))
+    assert not torch.equal(plain.logits(z).argmax(1), theta_logits.argmax(1))
+    # the next refresh says which reference it holds, and keeps it
+    device.refresh("test")
+    assert cloud.held == ["", device.familiarity.sha256] and device.familiarity is not None
+
+
+def test_on_an_unfamiliar_camera_the_refined_head_classifies():
+    window, _ = shifted_clips(64, seed=63)
+    reference = reference_around(window, 50.0)
+    device = Personalizer(FamiliarCloud(global_theta(), reference), D, C, None, alpha=1.0)
+    device.logits(window)
+    assert device.refined and not device.head.classify_with_cloud
+    assert device.snapshot.refined.familiarity > FAMILIAR_RATIO
+    # switched off: the refined head classifies on the familiar camera too
+    familiar = FamiliarCloud(global_theta(), reference_around(window, 0.0))
+    off = Personalizer(familiar, D, C, None, alpha=1.0, familiar_ratio=None)
+    off.logits(window)
+    assert off.refined and not off.head.classify_with_cloud
+    with pytest.raises(ValueError, match="familiar_ratio"):
+        Personalizer(familiar, D, C, None, familiar_ratio=0.0)
+
+
+def test_a_damaged_reference_is_ignored_with_a_warning_and_theta_still_arrives():
+    window, _ = shifted_clips(64, seed=64)
+    reference = reference_around(window, 0.0)
+    cloud = FamiliarCloud(global_theta(), reference, data=reference.to_bytes()[:-4])
+    device = Personalizer(cloud, D, C, None, alpha=1.0)
+    with pytest.warns(UserWarning, match="familiarity reference"):
+        device.logits(window)
+    assert device.theta is not None and device.familiarity is None
+    assert device.refined and not device.head.classify_with_cloud
+
+
+def test_the_reference_and_the_gate_survive_a_restart(tmp_path):
+    window, _ = shifted_clips(64, seed=65)
+    reference = reference_around(window, 0.0)
+    state = DeviceState(tmp_path / "state")
+    device = DeviceKeyring(state).personalizer(
+        FamiliarCloud(global_theta(), reference), "cloud:1", "dev", D, C, model_key="m",
+        settings=PersonalizationSettings(alpha=1.0, encrypted=False), min_window=32,
+    )  # fmt: skip
+    device.logits(window)
+    assert device.head.classify_with_cloud
+    restored = DeviceKeyring(state).personalizer(
+        FixedTheta(global_theta(), reachable=False), "cloud:1", "dev", D, C, model_key="m",
+        settings=PersonalizationSettings(alpha=1.0, encrypted=False),
+    )  # fmt: skip
+    assert restored.familiarity is not None and restored.familiarity.sha256 == reference.sha256
+    assert restored.refined and restored.head.classify_with_cloud
+    assert restored.snapshot.refined.familiarity == pytest.approx(0.0, abs=1e-5)
+    # a damaged reference file is dropped (the cloud sends it again at the next refresh)
+    (state.root / FAMILIARITY_FILE).write_bytes(b"damaged")
+    assert DeviceKeyring(state).cached_theta().snapshot.familiarity is None

@@ -31,7 +31,9 @@ class RecordingClient:
         self.calls.append("upload")
         return UploadReceipt("0" * 64, len(data))
 
-    def personalize(self, alpha, indices, encrypted=None, plain=None) -> PersonalizeReply:
+    def personalize(
+        self, alpha, indices, encrypted=None, plain=None, familiarity_sha256=""
+    ) -> PersonalizeReply:
         self.calls.append("personalize")
         if self.errors:
             raise self.errors.pop(0)

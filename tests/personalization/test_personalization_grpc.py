@@ -16,6 +16,7 @@ from server.gateway import build_grpc_server
 from server.gateway.auth import TOKEN_METADATA
 from server.registry import open_registry
 from server.settings import Settings
+from shared.familiarity import FamiliarityReference, familiarity_reference
 from shared.he import encrypt_selected, load_public_context, public_context_bytes
 from shared.hypernet import hypernet_state, personalised_logits
 from shared.rpc import gateway_pb2, gateway_pb2_grpc
@@ -31,6 +32,11 @@ def hypernet():
 
 @pytest.fixture
 def gateway(tmp_path, hypernet):
+    yield from _serve(tmp_path, hypernet)
+
+
+def _serve(tmp_path, hypernet):
+    """A registry holding ``hypernet`` behind a real gRPC gateway on loopback."""
     buffer = io.BytesIO()
     torch.save(hypernet_state(hypernet), buffer)
     with open_registry(None, tmp_path) as registry:
@@ -170,3 +176,33 @@ def test_refusals_are_clear_and_leave_state_unchanged(gateway, small_context, de
     with pytest.raises(GatewayClientError, match="INVALID_ARGUMENT"):
         client.personalize(0.5, [0, 1, 2, 3], plain=[1.0])
     client.close()
+
+
+def test_the_familiarity_reference_travels_once(tmp_path):
+    hypernet = make_hypernet(D, C, seed=5)
+    rng = np.random.default_rng(3)
+    hypernet.familiarity = familiarity_reference(rng.normal(size=(12, D)))
+    serving = _serve(tmp_path, hypernet)
+    _, target = next(serving)
+    try:
+        with GatewayClient(target) as client:
+            client.enroll(KEY, "cam")
+            first = client.personalize(0.5, [0, 2, 4, 6], plain=[0.1, 0.2, 0.3, 0.4])
+            sha = hypernet.familiarity.sha256
+            assert first.familiarity_sha256 == sha
+            assert FamiliarityReference.from_bytes(first.familiarity).sha256 == sha
+            again = client.personalize(
+                0.5, [0, 2, 4, 6], plain=[0.1, 0.2, 0.3, 0.4], familiarity_sha256=sha
+            )
+            assert again.familiarity_sha256 == sha and again.familiarity == b""
+            assert again.bytes_down < first.bytes_down - 12 * D * 4
+            assert again.theta_plain == first.theta_plain
+            # the device's Personalizer keeps it and names it at its next request
+            device = Personalizer(client, D, C, None, alpha=0.5, window=16, min_window=2)
+            device.observe(rng.uniform(0, 2, size=(8, D)))
+            device.refresh("test")
+            assert device.familiarity is not None and device.familiarity.sha256 == sha
+            device.refresh("test")
+            assert device.familiarity is not None and device.stats.requests == 2
+    finally:
+        next(serving, None)

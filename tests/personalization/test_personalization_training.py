@@ -84,6 +84,9 @@ def test_device_hypernetwork_learns_to_undo_unseen_offsets():
     model, metrics = fit_hypernetwork(config, bundle, train, val)
     assert not model.training
     assert metrics["val_accuracy_personalised"] > metrics["val_accuracy_global"] + 0.2
+    # the reference the cloud sends with Θ: one window mean per training device
+    assert model.familiarity is not None and model.familiarity.means.shape == (64, train.z.shape[2])
+    assert model.familiarity.ratio(train.z[5].double().mean(0).numpy()) < 1e-5
 
 
 def test_global_penalty_keeps_theta_at_the_global_head():

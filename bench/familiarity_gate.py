@@ -1,0 +1,197 @@
+"""Choosing the device's familiarity gate: when does Θ classify, and when the refined head?
+
+    python -m bench.familiarity_gate
+
+On cameras like those H was trained on, Θ as sent classifies better than the device's
+label-free refinement (the seen-shift validation devices of ``bench.refinement_study``:
+0.939 vs 0.919); on unfamiliar ones the refinement does. The device measures how far its
+window mean lies from H's training devices (:mod:`shared.familiarity`) and lets Θ classify
+when the ratio is at most ``FAMILIAR_RATIO``; the refined head scores OOD either way.
+
+Validation data only, never the test families, in two sets: (1) the 40 validation
+devices of ``bench.refinement_study`` (8 seen-shift, 24 standard and 8 harder devices of
+the validation families) under the H the server trains by default; (2) the 48 devices of
+``bench.family_holdout`` (16 per held-out per-pixel training family) under an H trained
+without that family, with the reference of the devices it was trained on. Per device: Θ
+and the refinement from a 64-clip window, accuracy on the other clips. Rule, fixed before
+the sweep: the ratio among :data:`RATIOS` with the best mean of the two sets' mean
+accuracies (ties → the smaller ratio). Writes bench/results/familiarity_gate.json and its
+BENCHMARKS.md section.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from bench.family_holdout import FAMILIES, embed_family_devices, held_out_profiles
+from bench.family_holdout import OOD_CLIPS as HOLDOUT_OOD_CLIPS
+from bench.personalization import cached
+from bench.refinement_study import (
+    BenchDevices,
+    bench_training_devices,
+    validation_devices,
+    window_theta,
+)
+from bench.report import machine, markdown_table, write_json, write_section
+from device_client.head_refinement import refine_head
+from server.training.device_embeddings import DeviceSet
+from server.training.hypernetwork import HyperNetworkTrainConfig, fit_hypernetwork
+from shared.familiarity import FAMILIAR_RATIO
+
+WINDOW = 64
+#: candidate thresholds on the familiarity ratio (0: the refined head always classifies)
+RATIOS = (0.0, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, np.inf)
+
+
+def device_case(hypernet, device_z: np.ndarray, labels: np.ndarray, classes: int) -> dict:
+    """Θ's and the refined head's accuracy after the window, and the window's ratio."""
+    window, scored, truth = device_z[:WINDOW], device_z[WINDOW:], labels[WINDOW:]
+    theta = window_theta(hypernet, window)
+    dim = window.shape[1]
+    kernel, bias = theta[: dim * classes].reshape(dim, classes), theta[dim * classes :]
+    refined = refine_head(window, theta, classes)
+    return {
+        "theta_acc": float(((scored @ kernel + bias).argmax(1) == truth).mean()),
+        "refined_acc": float((refined.logits(scored).argmax(1).numpy() == truth).mean()),
+        "ratio": hypernet.familiarity.ratio(window.mean(0)),
+    }
+
+
+def fit(setup: BenchDevices, train: DeviceSet):
+    config = HyperNetworkTrainConfig(base_model_path=setup.base, steps=3000, threads=2)
+    return fit_hypernetwork(config, setup.bundle, train)[0]
+
+
+def validation_cases(setup: BenchDevices) -> list[dict]:
+    classes = setup.bundle.config.num_classes
+    groups = cached(
+        setup.cache,
+        {**setup.key, "what": "refinement_study"},
+        lambda: validation_devices(setup.bundle),
+    )
+    print("H with the server's default settings ...", flush=True)
+    hypernet = fit(setup, setup.train)
+    return [
+        {"set": "validation", "group": group, "index": i}
+        | device_case(hypernet, d["val"].numpy(), d["labels"].numpy(), classes)
+        for group, devices in groups.items()
+        for i, d in enumerate(devices)
+    ]
+
+
+def holdout_cases(setup: BenchDevices) -> list[dict]:
+    classes, train = setup.bundle.config.num_classes, setup.train
+    cases = []
+    for family in FAMILIES:
+        keep = [i for i, p in enumerate(train.profiles) if family not in p.families]
+        print(f"{family}: H on the {len(keep)} training devices without it ...", flush=True)
+        hypernet = fit(
+            setup, DeviceSet([train.profiles[i] for i in keep], train.z[keep], train.y[keep])
+        )
+        profiles = held_out_profiles(family)
+        what = {"what": "family_holdout", "family": family, "ood": HOLDOUT_OOD_CLIPS}
+        devices = cached(
+            setup.cache,
+            {**setup.key, **what, "profiles": [p.name for p in profiles]},
+            lambda profiles=profiles: embed_family_devices(setup.bundle, profiles),
+        )
+        for d in tqdm(devices, desc=f"{family} devices"):
+            case = device_case(hypernet, d["id"], d["labels"], classes)
+            cases.append({"set": "held-out training family", "group": family} | case)
+    return cases
+
+
+def gated_accuracy(cases: list[dict], ratio: float) -> float:
+    return float(
+        np.mean([c["theta_acc"] if c["ratio"] <= ratio else c["refined_acc"] for c in cases])
+    )
+
+
+def main() -> int:
+    torch.set_num_threads(2)
+    started = time.perf_counter()
+    setup = bench_training_devices()
+    sets = {"validation": validation_cases(setup), "held-out training family": holdout_cases(setup)}
+    sweep = []
+    for ratio in RATIOS:
+        row = {"ratio": float(ratio)}
+        for name, cases in sets.items():
+            row[name] = gated_accuracy(cases, ratio)
+            row[f"{name}: Θ classifies"] = float(np.mean([c["ratio"] <= ratio for c in cases]))
+        row["mean"] = float(np.mean([row[name] for name in sets]))
+        sweep.append(row)
+    best = max(r["mean"] for r in sweep)
+    chosen = min(r["ratio"] for r in sweep if r["mean"] >= best - 1e-12)
+    oracle = {
+        name: float(np.mean([max(c["theta_acc"], c["refined_acc"]) for c in cases]))
+        for name, cases in sets.items()
+    }
+    groups = {}
+    for name, cases in sets.items():
+        for group in dict.fromkeys(c["group"] for c in cases):
+            members = [c for c in cases if c["group"] == group]
+            groups[f"{name}: {group}"] = {
+                "devices": len(members),
+                "theta_acc": float(np.mean([c["theta_acc"] for c in members])),
+                "refined_acc": float(np.mean([c["refined_acc"] for c in members])),
+                "gated_acc": gated_accuracy(members, chosen),
+                "ratio_median": float(np.median([c["ratio"] for c in members])),
+                "theta_classifies": float(np.mean([c["ratio"] <= chosen for c in members])),
+            }
+    label = {0.0: "0 (refined head always classifies)", np.inf: "∞ (Θ always classifies)"}
+    sweep_table = markdown_table(
+        ["ratio threshold", *(f"{n}: mean ID acc (Θ classifies on)" for n in sets),
+         "mean of the two"],
+        [
+            [label.get(r["ratio"], f"{r['ratio']:g}"),
+             *(f"{r[n]:.4f} ({100 * r[f'{n}: Θ classifies']:.0f} %)" for n in sets),
+             f"{r['mean']:.4f}"]
+            for r in sweep
+        ],
+    )  # fmt: skip
+    group_table = markdown_table(
+        ["devices", "n", "median ratio", "Θ as sent", "refined", f"gated at {chosen:g}",
+         "Θ classifies on"],
+        [
+            [name, g["devices"], f"{g['ratio_median']:.2f}", f"{g['theta_acc']:.3f}",
+             f"{g['refined_acc']:.3f}", f"{g['gated_acc']:.3f}",
+             f"{100 * g['theta_classifies']:.0f} %"]
+            for name, g in groups.items()
+        ],
+    )  # fmt: skip
+    write_json(
+        "familiarity_gate",
+        {"sweep": sweep, "chosen": chosen, "device_default": FAMILIAR_RATIO, "oracle": oracle,
+         "groups": groups, "cases": {n: c for n, c in sets.items()}, "window": WINDOW,
+         "seconds": round(time.perf_counter() - started, 1), "machine": machine()},
+    )  # fmt: skip
+    print(sweep_table)
+    print(group_table)
+    print(f"chosen ratio {chosen:g} (device default {FAMILIAR_RATIO:g}); oracle {oracle}")
+    same = "the device's default" if chosen == FAMILIAR_RATIO else (
+        f"**not** the device's default ({FAMILIAR_RATIO:g} in `shared/familiarity.py`)"
+    )  # fmt: skip
+    write_section(
+        "familiarity_gate",
+        "Familiarity gate: when Θ classifies instead of the refined head (validation only)",
+        "Per device, Θ (α = 0.25) and the device's refinement from a "
+        f"{WINDOW}-clip window, ID accuracy on the other clips; Θ classifies when the "
+        "window mean's distance to the nearest training device of H, over the median "
+        "nearest-neighbour distance among those devices, is at most the threshold. Sets: "
+        "the 40 validation devices of the refinement study (H as the server trains it) and "
+        "the 48 devices of the held-out training families (H trained without the family). "
+        "Rule (fixed before the sweep): best mean of the two sets' mean accuracies, ties → "
+        f"the smaller threshold. **Chosen: {chosen:g}**, {same}. Per-device best of Θ and "
+        "refined (oracle): "
+        + ", ".join(f"{n} {v:.4f}" for n, v in oracle.items())
+        + f". Machine: {machine()}.\n\n{sweep_table}\n\n{group_table}",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
