@@ -47,6 +47,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from shared.familiarity import FAMILIAR_RATIO, FamiliarityReference
 from shared.hypernet import split_theta
 from shared.ood.energy import energy
 
@@ -198,6 +199,21 @@ def refine_head(
         cloud_bias,
         float(settings.cloud_weight),
     )
+
+
+def familiarity_gate(
+    head: GaussianHead,
+    window: np.ndarray,
+    familiarity: FamiliarityReference | None,
+    threshold: float | None = FAMILIAR_RATIO,
+) -> tuple[GaussianHead, float | None]:
+    """(head, ratio): on a camera familiar to H (the window mean's ratio at most
+    ``threshold``, :mod:`shared.familiarity`) Θ classifies and the refined head scores.
+    Without a reference or a threshold the refined head classifies; ratio None."""
+    if familiarity is None or threshold is None:
+        return head, None
+    ratio = familiarity.ratio(np.asarray(window, dtype=np.float64).mean(0))
+    return replace(head, classify_with_cloud=ratio <= threshold), ratio
 
 
 def cross_fitted_energy(

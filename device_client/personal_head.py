@@ -159,7 +159,8 @@ class PersonalHead:
         if self.last_head == "global" or p.hypernet is None:
             return "global"
         status = "" if p.theta_status == "fresh" else f" {p.theta_status}"
-        status += ", refined" if p.refined else ""
+        if p.refined:
+            status += ", refined, theta classifies" if p.head.classify_with_cloud else ", refined"
         if self.guard is not None and self.last_guard_weight >= 1.0:
             return f"global(guard, v{p.hypernet.version}{status})"
         if self.guard is not None and self.last_guard_weight > 0.0:

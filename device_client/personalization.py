@@ -1,46 +1,33 @@
 """The device half of SecDOOD personalisation: select → encrypt → Personalize → decrypt → logits.
 
-:class:`Personalizer` turns the device's embeddings into personalised logits
-with the cloud's HyperNetwork, never sending a channel it did not select and
-never sending anything unencrypted unless ``encrypted=False`` (trusted network,
-benchmarks — same code path, plain numbers instead of ciphertexts).
+:class:`Personalizer` turns the device's embeddings into personalised logits with the
+cloud's HyperNetwork, never sending a channel it did not select, nor anything unencrypted
+unless ``encrypted=False`` (trusted network, benchmarks: plain numbers, same code path).
+Modes: ``"per_sample"`` (the paper: one round trip per embedding, Θ = H(z ⊙ mask)) and
+``"per_device"`` (one round trip per *refresh*, Θ = H(window mean ⊙ mask) — H is affine,
+so the mean of the per-sample Θs — cached and used locally, offline too).
 
-Modes:
+Drift rule for refreshing the per-device Θ (checked on every :meth:`logits` call once the
+window is full): refresh when fewer than ``min_overlap`` (½) of the cached channels are
+still in the current top-α set, or when the window's mean Energy moved by more than
+``score_shift`` (3) standard deviations of the scores at the last refresh; also for a Θ
+restored from disk (:meth:`Personalizer.restore`) and one older than ``max_age_s``. When
+the cloud is unreachable the cached Θ stays in use, :attr:`stale` is set, and the refresh
+is retried every ``retry_every`` clips. Verdict threshold: an Energy offset stored with Θ
+at each refresh (:func:`energy_offset`, :mod:`device_client.theta_snapshot`).
 
-- ``"per_sample"`` (as in the paper): one round trip per embedding; Θ = H(z ⊙ mask).
-- ``"per_device"``: one round trip per *refresh*; Θ = H(mean of the window ⊙ mask)
-  (H is affine, so this is the mean of the per-sample Θs), cached, and used for
-  every clip locally — inference then works offline.
-
-Drift rule for refreshing the per-device Θ (checked on every :meth:`logits` call
-once the window is full): refresh when (a) the importance-ranked selection has
-changed — fewer than ``min_overlap`` (default ½) of the cached channels are still
-in the current top-α set — or (b) the score distribution has moved — the mean
-Energy score (−logsumexp of the personalised logits) of the current window
-differs from its value at the last refresh by more than ``score_shift`` (default
-3) standard deviations of the scores then. A refresh is also due for a Θ
-restored from disk (:meth:`Personalizer.restore`: the device restarted) and one
-older than ``max_age_s``. When the cloud is unreachable the cached Θ stays in
-use, :attr:`stale` is set, and the refresh is retried every ``retry_every``
-clips, so the device recovers by itself when the cloud is back.
-
-Verdict threshold of the personalised head: an Energy offset stored with Θ at each
-refresh (:func:`energy_offset`, see :mod:`device_client.theta_snapshot`).
-
-Refinement on the device (per-device mode, on by default): once the window holds
+Refinement (per-device mode, on by default): once the window holds
 ``refinement.min_window`` clips, Θ is refined on it without labels or backprop
 (:mod:`device_client.head_refinement`); the refined head classifies and scores until the
-next refresh — except on a camera like those H was trained on (the window mean within
-``familiar_ratio`` of H's training devices, :mod:`shared.familiarity`), where Θ classifies
-and the refined head scores — with its own score reference and offset read from cross-fitted scores
-(:func:`~device_client.head_refinement.cross_fitted_energy`). The keyring saves it with Θ;
-a Θ restored without one is refined again once the window is full, offline too.
+next refresh — except on a camera familiar to H (the window mean within ``familiar_ratio``
+of H's training devices, :mod:`shared.familiarity`), where Θ classifies and the refined
+head scores — with a score reference and offset from cross-fitted scores. The keyring
+saves it with Θ; a Θ restored without one is refined again once the window is full.
 """
 
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -50,15 +37,12 @@ import tenseal as ts
 import torch
 
 from device_client.channel_selection import DEFAULT_WINDOW, ChannelSelector, SelectionMethod
-from device_client.gateway_client import (
-    PersonalizeReply,
-    PersonalizeTransport,
-    ServerUnreachableError,
-)
+from device_client.gateway_client import PersonalizeTransport, ServerUnreachableError
 from device_client.head_refinement import (
     GaussianHead,
     RefinementSettings,
     cross_fitted_energy,
+    familiarity_gate,
     refine_head,
 )
 from device_client.theta_snapshot import (
@@ -68,7 +52,7 @@ from device_client.theta_snapshot import (
     energy_offset,
 )
 from shared.channel_importance import DEFAULT_ALPHA
-from shared.familiarity import FAMILIAR_RATIO, FamiliarityReference
+from shared.familiarity import FAMILIAR_RATIO, FamiliarityReference, reference_after_reply
 from shared.he import decrypt_theta, encrypt_selected
 from shared.hypernet import personalised_logits
 from shared.ood.energy import energy
@@ -258,30 +242,10 @@ class Personalizer:
         self.stats.bytes_down += reply.bytes_down
         self.stats.he_seconds += reply.he_seconds
         self.hypernet = HyperNetIdentity(reply.model_name, reply.model_version, reply.model_sha256)
-        self._keep_familiarity(reply)
+        self.familiarity = reference_after_reply(
+            self.familiarity, reply.familiarity_sha256, reply.familiarity, self.embed_dim
+        )
         return theta
-
-    def _keep_familiarity(self, reply: PersonalizeReply) -> None:
-        """The reference of the H that answered: sent, already held, or none (an older H).
-
-        A damaged one is dropped with a warning: Θ is still good, and without a reference
-        the refined head classifies (the behaviour before the familiarity gate)."""
-        if not reply.familiarity:
-            held = self.familiarity
-            if held is None or reply.familiarity_sha256 != held.sha256:
-                self.familiarity = None
-            return
-        try:
-            reference = FamiliarityReference.from_bytes(reply.familiarity)
-            if reference.sha256 != reply.familiarity_sha256:
-                raise ValueError("it does not match its sha256")
-            if reference.embed_dim != self.embed_dim:
-                raise ValueError(f"it has {reference.embed_dim} dims, not {self.embed_dim}")
-        except ValueError as error:
-            warnings.warn(f"ignoring the cloud's familiarity reference: {error}", stacklevel=2)
-            self.familiarity = None
-            return
-        self.familiarity = reference
 
     def refresh(self, reason: str = "requested") -> np.ndarray:
         """Per-device Θ from the window mean; cached with its selection and score reference."""
@@ -334,21 +298,13 @@ class Personalizer:
         if len(window) < needed:
             return
         head = refine_head(window, snapshot.theta, self.num_classes, settings)
-        ratio = None
-        if self.familiarity is not None and self.familiar_ratio is not None:
-            # a camera like those H was trained on: Θ classifies, the refined head scores
-            ratio = self.familiarity.ratio(window.mean(0))
-            head = replace(head, classify_with_cloud=ratio <= self.familiar_ratio)
+        head, ratio = familiarity_gate(head, window, self.familiarity, self.familiar_ratio)
         # the head fits the window's clips: their own scores would be optimistic, so its
         # scale is read from scores of window clips under heads fitted without them
         scores = cross_fitted_energy(window, snapshot.theta, self.num_classes, settings)
         reference, offset = self._score_scale(torch.from_numpy(scores))
-        self.snapshot = replace(
-            snapshot,
-            refined=RefinedHead(
-                head, reference, offset, window_clips=len(window), familiarity=ratio
-            ),
-        )
+        refined = RefinedHead(head, reference, offset, len(window), familiarity=ratio)
+        self.snapshot = replace(snapshot, refined=refined)
 
     def head_logits(self, z: np.ndarray) -> torch.Tensor:
         """Logits [N, C] of the head in use (refined, else the cached Θ); z is not observed."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -94,6 +95,28 @@ class FamiliarityReference:
     @cached_property
     def sha256(self) -> str:
         return hashlib.sha256(self.to_bytes()).hexdigest()
+
+
+def reference_after_reply(
+    held: FamiliarityReference | None, sha256: str, data: bytes, embed_dim: int
+) -> FamiliarityReference | None:
+    """The reference a device holds after a Personalize reply naming ``sha256`` (with its
+    bytes ``data``, or without them when the device already held it; "" for an H without).
+
+    A damaged reference is dropped with a warning: Θ is still good, and without a reference
+    the device's refined head classifies (the behaviour before the familiarity gate)."""
+    if not data:
+        return held if held is not None and sha256 == held.sha256 else None
+    try:
+        reference = FamiliarityReference.from_bytes(data)
+        if reference.sha256 != sha256:
+            raise ValueError("it does not match its sha256")
+        if reference.embed_dim != embed_dim:
+            raise ValueError(f"it has {reference.embed_dim} dims, not {embed_dim}")
+    except ValueError as error:
+        warnings.warn(f"ignoring the cloud's familiarity reference: {error}", stacklevel=2)
+        return None
+    return reference
 
 
 def familiarity_reference(device_means: np.ndarray) -> FamiliarityReference:

@@ -128,11 +128,23 @@ def _refinement_line(personalizer, clips: int) -> str:
             "the cloud's theta is used as sent"
         )
     assert personalizer.snapshot is not None and personalizer.snapshot.refined is not None
+    refined = personalizer.snapshot.refined
+    if refined.familiarity is None:
+        roles = "the refined head classifies and scores (no familiarity reference from the cloud)"
+    elif refined.head.classify_with_cloud:
+        roles = (
+            f"a familiar camera (ratio {refined.familiarity:.2f} <= "
+            f"{personalizer.familiar_ratio:g}): the cloud's theta classifies, the refined head "
+            "scores"
+        )
+    else:
+        roles = (
+            f"an unfamiliar camera (ratio {refined.familiarity:.2f}): the refined head "
+            "classifies and scores"
+        )
     return (
-        f"refinement: theta refined on {personalizer.snapshot.refined.window_clips} window "
-        "clips without labels "
-        f"({settings.iterations} EM iterations, shrinkage {settings.shrinkage}); "
-        "the refined head classifies and scores"
+        f"refinement: theta refined on {refined.window_clips} window clips without labels "
+        f"({settings.iterations} EM iterations, shrinkage {settings.shrinkage}); {roles}"
     )
 
 

@@ -196,6 +196,10 @@ def _run_report(args, flags: list[bool], truth, head, mean_ms: float, threshold:
             "threshold_quantile": p.threshold_quantile,
             # Θ refined on the window by the device (device_client.head_refinement)
             "refined": p.refined,
+            # the window mean's distance from H's training devices (shared.familiarity) and
+            # whether Θ therefore classifies while the refined head scores
+            "familiarity": p.snapshot.refined.familiarity if p.refined else None,
+            "theta_classifies": bool(p.refined and p.head.classify_with_cloud),
         }
     return report
 
