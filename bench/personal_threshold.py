@@ -25,7 +25,8 @@ batches with the device's own :class:`~device_client.personal_head.PersonalHead`
 guard as the run's window grows, refreshed when the window is full) — for every window
 size (``personalize --clips`` = ``run --window``), quantile and guard allowance
 (``confidence_standard_errors``), plus judging guard fallbacks with the global head's
-offset on the run's window; each device under three stream orders. The shipped
+offset on the run's window, and the refined head's offset read from its own (in-sample)
+window scores instead of cross-fitted ones; each device under three stream orders. The shipped
 settings change only when a candidate wins significantly more paired runs than it loses
 (:func:`choose_run_settings`).
 
@@ -93,6 +94,9 @@ ID_TARGET, OOD_TARGET = 0.20, 0.80
 #: errors (None: no guard); the run scores 16-clip batches like ``secdood-device run``
 RUN_WINDOWS = (64, 96, 128)
 RUN_QUANTILES = (0.5, 0.6)
+#: quantiles of the in-sample offset arm (the single-window sweep ranked in-sample q = 0.7
+#: first), at the shipped guard allowance
+IN_SAMPLE_QUANTILES = (0.5, 0.6, 0.7)
 GUARD_STANDARD_ERRORS = (None, 0.0, 2.0)
 RUN_BATCH = 16
 #: stream orders per device on the run path (the guard's first checks see the first clips)
@@ -204,6 +208,7 @@ def run_path(
     order_seed: int,
     fallback_window_offset: bool = False,
     refine: bool = True,
+    cross_fitted: bool = True,
 ) -> dict:
     """The newcomer's path on one validation device: ``personalize`` on the window (Θ and
     offset cached), then ``run --personalize`` over the stream in 16-clip batches with the
@@ -214,10 +219,12 @@ def run_path(
     ``fallback_window_offset``: clips the guard hands to the global head are judged with
     the model threshold plus the offset of the *global* head on the run's window (instead
     of the model threshold alone). ``refine``: the device refines Θ on its window (the
-    product's default), else it uses Θ as the cloud sent it."""
+    product's default), else it uses Θ as the cloud sent it. ``cross_fitted``: the refined
+    head's offset comes from cross-fitted window scores (the default), else from its own."""
     config, base = bundle.config, float(bundle.thresholds["energy"])
     reference = reference_energy(bundle)
-    options = {"refinement": RefinementSettings() if refine else None}
+    settings = RefinementSettings(cross_fitted_offset=cross_fitted)
+    options = {"refinement": settings if refine else None}
     first = Personalizer(
         cloud, config.embed_dim, config.num_classes, alpha=ALPHA, window=window,
         reference_energy=reference, threshold_quantile=quantile, **options,
@@ -270,14 +277,19 @@ def run_sweep(bundle, cloud: LocalCloud, devices: list[Device]) -> list[dict]:
     every stream order; summary rows like :func:`sweep` (counted over device × order)."""
     summary = []
     candidates = [
-        (*c, False, refine)
+        (*c, False, refine, True)
         for refine in (True, False)
         for c in itertools.product(RUN_WINDOWS, RUN_QUANTILES, GUARD_STANDARD_ERRORS)
     ]
-    candidates += [(w, q, 0.0, True, True) for w in RUN_WINDOWS for q in RUN_QUANTILES]
-    for window, quantile, errors, window_offset, refine in candidates:
+    candidates += [(w, q, 0.0, True, True, True) for w in RUN_WINDOWS for q in RUN_QUANTILES]
+    candidates += [
+        (w, q, CONFIDENCE_STANDARD_ERRORS, False, True, False)
+        for w in RUN_WINDOWS
+        for q in IN_SAMPLE_QUANTILES
+    ]
+    for window, quantile, errors, window_offset, refine, crossed in candidates:
         results = [
-            run_path(bundle, cloud, d, window, quantile, errors, o, window_offset, refine)
+            run_path(bundle, cloud, d, window, quantile, errors, o, window_offset, refine, crossed)
             for d in devices
             for o in RUN_ORDERS
         ]
@@ -286,6 +298,8 @@ def run_sweep(bundle, cloud: LocalCloud, devices: list[Device]) -> list[dict]:
             guard += ", fallback judged with the global head's window offset"
         if not refine:
             guard += ", Θ not refined"
+        if not crossed:
+            guard += ", offset from the refined head's in-sample scores"
         met = sum(r["id_flagged"] <= ID_TARGET and r["ood_flagged"] >= OOD_TARGET for r in results)
         summary.append(
             {
@@ -295,6 +309,7 @@ def run_sweep(bundle, cloud: LocalCloud, devices: list[Device]) -> list[dict]:
                 "guard_standard_errors": errors,
                 "fallback_window_offset": window_offset,
                 "refined": refine,
+                "cross_fitted_offset": crossed,
                 "devices_meeting_targets": met,
                 "id_flagged": float(np.mean([r["id_flagged"] for r in results])),
                 "ood_flagged": float(np.mean([r["ood_flagged"] for r in results])),
@@ -426,6 +441,7 @@ def choose_run_settings(summary: list[dict]) -> tuple[dict, dict, dict]:
         and r["guard_standard_errors"] == CONFIDENCE_STANDARD_ERRORS
         and not r["fallback_window_offset"]
         and r.get("refined", True)
+        and r.get("cross_fitted_offset", True)
     )
     best = choose([r for r in summary if r["guard_standard_errors"] is not None])
     pairs = list(zip(current["devices"], best["devices"], strict=True))
@@ -591,7 +607,8 @@ def main(argv: list[str] | None = None) -> int:
         "The same devices on the whole newcomer path: `personalize` on the window (Θ and "
         "offset cached), then `run --personalize` over the shuffled stream in 16-clip "
         "batches with the device's own PersonalHead, which refines Θ on its window unless a "
-        "row says `Θ not refined` (the cached Θ is restored, re-checked by "
+        "row says `Θ not refined`, and reads the refined head's offset from cross-fitted "
+        "window scores unless a row says `in-sample` (the cached Θ is restored, re-checked by "
         f"the guard as the run's window grows, refreshed once {WINDOW_CLIPS} clips are in). "
         f"The guard is the device's ({GUARD_SIGNAL} signal, slack {CONFIDENCE_SLACK}); on a "
         f"window with fewer clips than classes it keeps Θ while msp(Θ) ≥ msp(global) − "

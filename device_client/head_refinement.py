@@ -67,6 +67,10 @@ MIN_WINDOW = 32
 #: the newcomer targets at windows of 64, 96 and 128 clips; 4 and 8 flagged too much ID
 #: (``bench/personal_threshold.py``, docs/personalization.md)
 CROSS_FIT_FOLDS = 2
+#: the threshold offset of a refined head is read from cross-fitted window scores (False:
+#: from the head's own, in-sample scores; compared on the run path by
+#: ``bench/personal_threshold.py``)
+CROSS_FITTED_OFFSET = True
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,8 @@ class RefinementSettings:
     #: E-steps after the first use the refined head's own posterior, LDA + β·Θ (EM for the
     #: product of experts), instead of the window-only LDA
     anchored: bool = ANCHORED
+    #: the offset's window scores come from heads refined without the clip scored
+    cross_fitted_offset: bool = CROSS_FITTED_OFFSET
 
     def __post_init__(self) -> None:
         if isinstance(self.iterations, bool) or not 1 <= int(self.iterations) <= 100:
@@ -214,6 +220,20 @@ def familiarity_gate(
         return head, None
     ratio = familiarity.ratio(np.asarray(window, dtype=np.float64).mean(0))
     return replace(head, classify_with_cloud=ratio <= threshold), ratio
+
+
+def offset_scores(
+    window: np.ndarray,
+    theta: np.ndarray,
+    num_classes: int,
+    settings: RefinementSettings,
+    head: GaussianHead,
+) -> np.ndarray:
+    """The window's Energy [W] a refined head's threshold offset is read from: cross-fitted
+    (:func:`cross_fitted_energy`, the default) or the head's own scores of its window."""
+    if settings.cross_fitted_offset:
+        return cross_fitted_energy(window, theta, num_classes, settings)
+    return energy(head.logits(window)).numpy()
 
 
 def cross_fitted_energy(

@@ -41,8 +41,8 @@ from device_client.gateway_client import PersonalizeTransport, ServerUnreachable
 from device_client.head_refinement import (
     GaussianHead,
     RefinementSettings,
-    cross_fitted_energy,
     familiarity_gate,
+    offset_scores,
     refine_head,
 )
 from device_client.theta_snapshot import (
@@ -301,7 +301,7 @@ class Personalizer:
         head, ratio = familiarity_gate(head, window, self.familiarity, self.familiar_ratio)
         # the head fits the window's clips: their own scores would be optimistic, so its
         # scale is read from scores of window clips under heads fitted without them
-        scores = cross_fitted_energy(window, snapshot.theta, self.num_classes, settings)
+        scores = offset_scores(window, snapshot.theta, self.num_classes, settings, head)
         reference, offset = self._score_scale(torch.from_numpy(scores))
         refined = RefinedHead(head, reference, offset, len(window), familiarity=ratio)
         self.snapshot = replace(snapshot, refined=refined)

@@ -270,6 +270,17 @@ def test_a_refined_head_gets_its_offset_from_cross_fitted_scores():
     assert device.snapshot.energy_offset == pytest.approx(
         energy_offset(theta_scores, reference, THRESHOLD_QUANTILE)
     )
+    # the in-sample alternative (compared on the run path) reads the head's own scores
+    in_sample = Personalizer(
+        FixedTheta(global_theta()), D, C, None, alpha=1.0, min_window=32,
+        reference_energy=reference, refinement=RefinementSettings(cross_fitted_offset=False),
+    )  # fmt: skip
+    in_sample.logits(window)
+    own = energy(in_sample.head.logits(window)).numpy()
+    assert in_sample.energy_offset == pytest.approx(
+        energy_offset(own, reference, THRESHOLD_QUANTILE)
+    )
+    assert in_sample.energy_offset != pytest.approx(device.energy_offset)
 
 
 def test_a_restored_theta_waits_for_the_window_a_refresh_needs():
