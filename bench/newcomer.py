@@ -40,6 +40,7 @@ import torch
 
 from bench.report import markdown_table, write_json, write_section
 from device_client.cli import main as device_cli
+from device_client.head_refinement import RefinementSettings
 from device_client.personalization import THRESHOLD_QUANTILE
 from device_client.simulated_camera import load_truth
 from server.gateway import build_grpc_server
@@ -286,7 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         f"Models: {BASE_MODEL} v{MODELS[BASE_MODEL]['version']}, {HYPERNETWORK} "
         f"v{MODELS[HYPERNETWORK]['version']} (sha256 {MODELS[HYPERNETWORK]['sha256'][:12]}). "
         "The personalised head is judged with the model's Energy threshold plus its Θ's "
-        f"offset (quantile {THRESHOLD_QUANTILE}; mean offset per camera in the table). "
+        f"offset (quantile {THRESHOLD_QUANTILE} of the window's Energy under Θ as sent; "
+        f"{RefinementSettings().offset_quantile} of the refined head's "
+        f"{'cross-fitted' if RefinementSettings().cross_fitted_offset else 'own'} window "
+        "scores; mean offset per camera in the table). "
         "The device refines Θ on its window (`device_client.head_refinement`); the same "
         "devices were also personalised with `--no-refine` (Θ as the cloud sends it). "
         f"Means per camera; **{met}/{len(rows)} devices meet both targets** "

@@ -223,7 +223,9 @@ def run_path(
     head's offset comes from cross-fitted window scores (the default), else from its own."""
     config, base = bundle.config, float(bundle.thresholds["energy"])
     reference = reference_energy(bundle)
-    settings = RefinementSettings(cross_fitted_offset=cross_fitted)
+    # ``quantile`` sets the offset of whichever head the run judges with: Θ as sent, or
+    # the refined head (whose own quantile lives in its settings)
+    settings = RefinementSettings(cross_fitted_offset=cross_fitted, offset_quantile=quantile)
     options = {"refinement": settings if refine else None}
     first = Personalizer(
         cloud, config.embed_dim, config.num_classes, alpha=ALPHA, window=window,
@@ -433,15 +435,16 @@ def choose_run_settings(summary: list[dict]) -> tuple[dict, dict, dict]:
     guarded candidate (most runs meeting targets, ties: larger margin) beats them on more
     paired runs than it loses and a sign test on those flips gives p < 0.05 — so a
     difference of a run or two, within the noise of 72 runs, keeps the shipped settings."""
+    shipped = RefinementSettings()  # the refined head judges the run path's streams
     current = next(
         r
         for r in summary
         if r["window"] == DEFAULT_WINDOW
-        and r["quantile"] == THRESHOLD_QUANTILE
+        and r["quantile"] == shipped.offset_quantile
         and r["guard_standard_errors"] == CONFIDENCE_STANDARD_ERRORS
         and not r["fallback_window_offset"]
         and r.get("refined", True)
-        and r.get("cross_fitted_offset", True)
+        and r.get("cross_fitted_offset", True) == shipped.cross_fitted_offset
     )
     best = choose([r for r in summary if r["guard_standard_errors"] is not None])
     pairs = list(zip(current["devices"], best["devices"], strict=True))

@@ -21,8 +21,8 @@ Refinement (per-device mode, on by default): once the window holds
 (:mod:`device_client.head_refinement`); the refined head classifies and scores until the
 next refresh — except on a camera familiar to H (the window mean within ``familiar_ratio``
 of H's training devices, :mod:`shared.familiarity`), where Θ classifies and the refined
-head scores — with a score reference and offset from cross-fitted scores. The keyring
-saves it with Θ; a Θ restored without one is refined again once the window is full.
+head scores — with a score reference and offset from its window scores (quantile 0.7,
+:class:`RefinementSettings`); saved with Θ, refined again offline when missing.
 """
 
 from __future__ import annotations
@@ -277,11 +277,11 @@ class Personalizer:
             self.on_refresh(self.snapshot)
         return theta
 
-    def _score_scale(self, scores: torch.Tensor) -> tuple[tuple[float, float], float | None]:
+    def _score_scale(self, scores: torch.Tensor, quantile: float | None = None):
         """(mean, std) of a window's Energy under a head, and that head's threshold offset."""
-        offset = None
+        offset, quantile = None, quantile or self.threshold_quantile
         if self.reference_energy is not None:
-            offset = energy_offset(scores, self.reference_energy, self.threshold_quantile)
+            offset = energy_offset(scores, self.reference_energy, quantile)
         return (float(scores.mean()), float(scores.std()) + 1e-6), offset
 
     def _refine_if_possible(self, at_refresh: bool = False) -> None:
@@ -299,10 +299,10 @@ class Personalizer:
             return
         head = refine_head(window, snapshot.theta, self.num_classes, settings)
         head, ratio = familiarity_gate(head, window, self.familiarity, self.familiar_ratio)
-        # the head fits the window's clips: their own scores would be optimistic, so its
-        # scale is read from scores of window clips under heads fitted without them
+        # the head fits its window, so its own scores are optimistic: its offset takes a
+        # higher quantile of them (or cross-fitted scores: RefinementSettings)
         scores = offset_scores(window, snapshot.theta, self.num_classes, settings, head)
-        reference, offset = self._score_scale(torch.from_numpy(scores))
+        reference, offset = self._score_scale(torch.from_numpy(scores), settings.offset_quantile)
         refined = RefinedHead(head, reference, offset, len(window), familiarity=ratio)
         self.snapshot = replace(snapshot, refined=refined)
 

@@ -9,6 +9,7 @@ import torch
 from device_client.gateway_client import PersonalizeReply, ServerUnreachableError
 from device_client.head_guard import HeadGuard
 from device_client.head_refinement import (
+    OFFSET_QUANTILE,
     GaussianHead,
     RefinementSettings,
     cross_fitted_energy,
@@ -156,6 +157,8 @@ BAD_SETTINGS = [
     {"shrinkage": 0.0},
     {"shrinkage": float("nan")},
     {"min_window": 1},
+    {"offset_quantile": 0.0},
+    {"offset_quantile": 1.0},
 ]
 
 
@@ -251,7 +254,7 @@ def test_cross_fitted_scores_come_from_heads_that_did_not_see_the_clip():
         cross_fitted_energy(window[:3], global_theta(), C)
 
 
-def test_a_refined_head_gets_its_offset_from_cross_fitted_scores():
+def test_a_refined_head_gets_its_offset_from_its_own_scores_at_a_higher_quantile():
     reference = np.random.default_rng(31).normal(-5.0, 1.0, 500)
     window, _ = shifted_clips(64, seed=32)
     device = Personalizer(
@@ -259,28 +262,27 @@ def test_a_refined_head_gets_its_offset_from_cross_fitted_scores():
         reference_energy=reference,
     )  # fmt: skip
     device.logits(window)
-    assert device.refined
-    scores = cross_fitted_energy(window, global_theta(), C)
-    expected = energy_offset(scores, reference, THRESHOLD_QUANTILE)
-    assert device.energy_offset == pytest.approx(expected)
-    # Θ as sent keeps its own offset, from its own scores on the window
+    assert device.refined and OFFSET_QUANTILE != THRESHOLD_QUANTILE
+    own = energy(device.head.logits(window)).numpy()
+    assert device.energy_offset == pytest.approx(energy_offset(own, reference, OFFSET_QUANTILE))
+    # Θ as sent keeps its own offset, from its own scores on the window at the device's q
     theta_scores = energy(
         personalised_logits(torch.from_numpy(window), torch.from_numpy(global_theta()), C)
     )
     assert device.snapshot.energy_offset == pytest.approx(
         energy_offset(theta_scores, reference, THRESHOLD_QUANTILE)
     )
-    # the in-sample alternative (compared on the run path) reads the head's own scores
-    in_sample = Personalizer(
+    # the cross-fitted alternative (compared on the run path) reads heads refined without
+    # the clip scored
+    crossed = Personalizer(
         FixedTheta(global_theta()), D, C, None, alpha=1.0, min_window=32,
-        reference_energy=reference, refinement=RefinementSettings(cross_fitted_offset=False),
+        reference_energy=reference,
+        refinement=RefinementSettings(cross_fitted_offset=True, offset_quantile=0.6),
     )  # fmt: skip
-    in_sample.logits(window)
-    own = energy(in_sample.head.logits(window)).numpy()
-    assert in_sample.energy_offset == pytest.approx(
-        energy_offset(own, reference, THRESHOLD_QUANTILE)
-    )
-    assert in_sample.energy_offset != pytest.approx(device.energy_offset)
+    crossed.logits(window)
+    scores = cross_fitted_energy(window, global_theta(), C)
+    assert crossed.energy_offset == pytest.approx(energy_offset(scores, reference, 0.6))
+    assert crossed.energy_offset != pytest.approx(device.energy_offset)
 
 
 def test_a_restored_theta_waits_for_the_window_a_refresh_needs():
