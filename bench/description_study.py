@@ -33,8 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.family_holdout import FAMILIES, embed_family_devices, held_out_profiles
-from bench.family_holdout import OOD_CLIPS as HOLDOUT_OOD_CLIPS
+from bench.family_holdout import FAMILIES, holdout_family
 from bench.personalization import cached
 from bench.refinement_study import BenchDevices, bench_training_devices, validation_devices
 from bench.report import machine, markdown_table, write_json, write_section
@@ -130,15 +129,7 @@ def main() -> int:
         cases[f"validation: {group}"] = [(d["val"].numpy(), d["labels"].numpy()) for d in devices]
     subsets = {}
     for family in FAMILIES:
-        keep = [i for i, p in enumerate(train.profiles) if family not in p.families]
-        subsets[family] = DeviceSet([train.profiles[i] for i in keep], train.z[keep], train.y[keep])
-        profiles = held_out_profiles(family)
-        what = {"what": "family_holdout", "family": family, "ood": HOLDOUT_OOD_CLIPS}
-        devices = cached(
-            setup.cache,
-            {**setup.key, **what, "profiles": [p.name for p in profiles]},
-            lambda profiles=profiles: embed_family_devices(setup.bundle, profiles),
-        )
+        subsets[family], devices = holdout_family(setup, family)
         cases[f"held-out training family: {family}"] = [(d["id"], d["labels"]) for d in devices]
     results: dict[str, dict[str, dict[str, float]]] = {}
     for description in DESCRIPTIONS:

@@ -27,8 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench.family_holdout import FAMILIES, embed_family_devices, held_out_profiles
-from bench.family_holdout import OOD_CLIPS as HOLDOUT_OOD_CLIPS
+from bench.family_holdout import FAMILIES, holdout_family
 from bench.personalization import cached
 from bench.refinement_study import (
     BenchDevices,
@@ -86,20 +85,13 @@ def validation_cases(setup: BenchDevices, seed: int = 0) -> list[dict]:
 
 
 def holdout_cases(setup: BenchDevices, seed: int = 0) -> list[dict]:
-    classes, train = setup.bundle.config.num_classes, setup.train
+    classes = setup.bundle.config.num_classes
     cases = []
     for family in FAMILIES:
-        keep = [i for i, p in enumerate(train.profiles) if family not in p.families]
-        print(f"{family}: H on the {len(keep)} training devices without it ...", flush=True)
-        subset = DeviceSet([train.profiles[i] for i in keep], train.z[keep], train.y[keep])
+        subset, devices = holdout_family(setup, family)
+        devices_in = len(subset.profiles)
+        print(f"{family}: H on the {devices_in} training devices without it ...", flush=True)
         hypernet = fit(setup, subset, seed)
-        profiles = held_out_profiles(family)
-        what = {"what": "family_holdout", "family": family, "ood": HOLDOUT_OOD_CLIPS}
-        devices = cached(
-            setup.cache,
-            {**setup.key, **what, "profiles": [p.name for p in profiles]},
-            lambda profiles=profiles: embed_family_devices(setup.bundle, profiles),
-        )
         for d in tqdm(devices, desc=f"{family} devices"):
             case = device_case(hypernet, d["id"], d["labels"], classes)
             cases.append({"set": "held-out training family", "group": family} | case)

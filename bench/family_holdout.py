@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from bench.personalization import cached, finetuned_head
-from bench.refinement_study import bench_training_devices, window_theta
+from bench.refinement_study import BenchDevices, bench_training_devices, window_theta
 from bench.report import (
     machine,
     markdown_table,
@@ -115,25 +115,34 @@ def embed_family_devices(bundle, profiles: list[DeviceProfile]) -> list[dict]:
     ]
 
 
+def holdout_family(setup: BenchDevices, family: str) -> tuple[DeviceSet, list[dict]]:
+    """The bench's training devices without any ``family`` type, and that family's
+    held-out validation devices (embedded once, cached)."""
+    train = setup.train
+    keep = [i for i, p in enumerate(train.profiles) if family not in p.families]
+    subset = DeviceSet([train.profiles[i] for i in keep], train.z[keep], train.y[keep])
+    profiles = held_out_profiles(family)
+    what = {"what": "family_holdout", "family": family, "ood": OOD_CLIPS}
+    devices = cached(
+        setup.cache,
+        {**setup.key, **what, "profiles": [p.name for p in profiles]},
+        lambda: embed_family_devices(setup.bundle, profiles),
+    )
+    return subset, devices
+
+
 def main() -> int:
     torch.set_num_threads(2)
     started = time.perf_counter()
     setup = bench_training_devices()
-    base, bundle, train, cache, key = setup.base, setup.bundle, setup.train, setup.cache, setup.key
+    base, bundle = setup.base, setup.bundle
     results: dict[str, dict] = {}
     for family in FAMILIES:
-        keep = [i for i, p in enumerate(train.profiles) if family not in p.families]
-        subset = DeviceSet([train.profiles[i] for i in keep], train.z[keep], train.y[keep])
+        subset, devices = holdout_family(setup, family)
+        keep = subset.profiles
         print(f"{family}: H on the {len(keep)} training devices without it ...", flush=True)
         hypernet, _ = fit_hypernetwork(
             HyperNetworkTrainConfig(base_model_path=base, steps=3000, threads=2), bundle, subset
-        )
-        profiles = held_out_profiles(family)
-        what = {"what": "family_holdout", "family": family, "ood": OOD_CLIPS}
-        devices = cached(
-            cache,
-            {**key, **what, "profiles": [p.name for p in profiles]},
-            lambda profiles=profiles: embed_family_devices(bundle, profiles),
         )
         rows = [
             {"device": device["name"], **device_metrics(bundle, hypernet, device)}
