@@ -381,7 +381,7 @@ def sweep(bundle, cloud: LocalCloud, devices: list[Device]) -> tuple[list[dict],
     return per_device, summary
 
 
-#: folds of the refined head's cross-fitted window scores tried (the device uses 2)
+#: folds of the refined head's cross-fitted window scores tried (2 while the device used them)
 CROSS_FIT_FOLDS_TRIED = (2, 4, 8)
 
 
@@ -604,7 +604,8 @@ def main(argv: list[str] | None = None) -> int:
         "under the global head); `refined, …` rows: the same Θ refined on the window by the "
         "device (`device_client.head_refinement`), its offset from the window's own scores "
         "(`reference`) or from cross-fitted ones (each half of the window scored by a head "
-        "refined on the other half: `cross_fitted_energy`, the device's rule). **Chosen: "
+        "refined on the other half: `cross_fitted_energy`, the device's rule until the "
+        "in-sample run-path comparison below). **Chosen: "
         f"{chosen['rule']}** (most devices meeting ID ≤ 20 % and OOD ≥ 80 %, ties: larger "
         f"mean OOD − ID).\n\n{table}\n\n"
         "The same devices on the whole newcomer path: `personalize` on the window (Θ and "
@@ -624,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{decision['p_value']:.2f}). **Result: {run_chosen['rule']}**."
         f"\n\n{run_table}\n\n"
         "The refined head's offset from cross-fitted window scores (each fold of the window "
-        "scored by a head refined on the others; the device uses 2 folds), q = "
+        "scored by a head refined on the others; 2 folds while the device used them), q = "
         f"{THRESHOLD_QUANTILE}, stream scored with the head refined on the whole window:\n\n"
         f"{fold_table}\n\n"
         "Is the information there for the newcomer's pixelate-4 camera (test clips through "

@@ -69,7 +69,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,7 @@ from device_client import head_refinement
 from device_client.channel_selection import DEFAULT_WINDOW
 from device_client.gateway_client import GatewayClient
 from device_client.head_guard import SIGNALS, GuardSignal, HeadGuard
-from device_client.head_refinement import RefinementSettings, refine_head
+from device_client.head_refinement import RefinementSettings, familiarity_gate, refine_head
 from device_client.keyring import DeviceKeyring, PersonalizationSettings
 from device_client.state import DeviceState
 from server.gateway import build_grpc_server
@@ -110,7 +110,6 @@ from shared.data.device_shifts import (
 )
 from shared.data.digit_actions import SPLITS as DATA_SPLITS
 from shared.data.digit_actions import DigitActionsConfig, load_split
-from shared.familiarity import FAMILIAR_RATIO
 from shared.he import CKKSParams
 from shared.hypernet import HyperNetwork, hypernet_state, personalised_logits, restricted_map
 from shared.model_names import HYPERNETWORK
@@ -695,10 +694,9 @@ def evaluate_devices(
         # what the device ships: on a camera like H's training devices Θ classifies and the
         # refined head scores (shared.familiarity); elsewhere the refined head does both
         assert hypernet.familiarity is not None
-        ratio = hypernet.familiarity.ratio(window.mean(0))
-        gated = replace(refined, classify_with_cloud=ratio <= FAMILIAR_RATIO)
+        gated, ratio = familiarity_gate(refined, window, hypernet.familiarity)
         rows["gated"].append(detection_metrics(pipeline, device, gated.logits))
-        entry["familiarity"] = {"ratio": ratio, "theta_classifies": ratio <= FAMILIAR_RATIO}
+        entry["familiarity"] = {"ratio": ratio, "theta_classifies": gated.classify_with_cloud}
         guard_log.append(entry)
         paper_logits = paper.logits_for(window, window_indices(window, 0.25))
         rows["paper"].append(detection_metrics(pipeline, device, paper_logits))

@@ -319,17 +319,11 @@ class DeviceKeyring:
             refined_path.unlink(missing_ok=True)
         else:
             write_atomically(refined_path, refined_to_bytes(refined, cached.snapshot.theta), 0o600)
-        familiarity_path, familiarity = (
-            self.state.root / FAMILIARITY_FILE,
-            cached.snapshot.familiarity,
-        )
-        if familiarity is None:
+        familiarity_path = self.state.root / FAMILIARITY_FILE
+        if cached.snapshot.familiarity is None:
             familiarity_path.unlink(missing_ok=True)
-        elif (
-            not familiarity_path.is_file()
-            or familiarity_path.read_bytes() != familiarity.to_bytes()
-        ):
-            write_atomically(familiarity_path, familiarity.to_bytes(), 0o600)
+        else:
+            write_atomically(familiarity_path, cached.snapshot.familiarity.to_bytes(), 0o600)
 
     # -- the Personalizer ----------------------------------------------------------------
 

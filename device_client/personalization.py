@@ -58,10 +58,10 @@ from shared.hypernet import personalised_logits
 from shared.ood.energy import energy
 
 PersonalizeMode = Literal["per_sample", "per_device"]
+ScoreScale = tuple[float, float]  # mean and std of a window's Energy under a head
 
 #: the quantile of the window's Energy under Θ (and of the reference under the global head)
-#: that sets the personalised threshold's offset; chosen on validation devices by
-#: ``bench/personal_threshold.py`` (see BENCHMARKS.md, section personal_threshold)
+#: that sets the offset of Θ's threshold; chosen by ``bench/personal_threshold.py``
 THRESHOLD_QUANTILE = 0.6
 #: how a per-device Θ is refined on the window by default (see :mod:`device_client.head_refinement`)
 DEFAULT_REFINEMENT = RefinementSettings()
@@ -139,8 +139,7 @@ class Personalizer:
         self.threshold_quantile = threshold_quantile
         #: how Θ is refined on the window (None: used as the cloud sent it); per-device only
         self.refinement = refinement if mode == "per_device" else None
-        #: a refined head lets Θ classify when the window mean is at most this familiar
-        #: ratio from H's training devices (None: the refined head always classifies)
+        #: Θ classifies when the window's familiarity ratio is at most this (None: never)
         self.familiar_ratio = familiar_ratio
         #: H's training devices' window means, as the cloud last sent them
         self.familiarity: FamiliarityReference | None = None
@@ -258,7 +257,7 @@ class Personalizer:
             personalised_logits(torch.from_numpy(window), torch.from_numpy(theta), self.num_classes)
         )
         assert self.hypernet is not None  # set by request_theta
-        reference, offset = self._score_scale(scores)
+        reference, offset = self._score_scale(scores, self.threshold_quantile)
         self.snapshot = ThetaSnapshot(
             theta=theta,
             indices=indices,
@@ -277,9 +276,11 @@ class Personalizer:
             self.on_refresh(self.snapshot)
         return theta
 
-    def _score_scale(self, scores: torch.Tensor, quantile: float | None = None):
+    def _score_scale(
+        self, scores: torch.Tensor, quantile: float
+    ) -> tuple[ScoreScale, float | None]:
         """(mean, std) of a window's Energy under a head, and that head's threshold offset."""
-        offset, quantile = None, quantile or self.threshold_quantile
+        offset = None
         if self.reference_energy is not None:
             offset = energy_offset(scores, self.reference_energy, quantile)
         return (float(scores.mean()), float(scores.std()) + 1e-6), offset
@@ -288,10 +289,9 @@ class Personalizer:
         """Refine the cached Θ on the window once it holds enough clips (no network).
 
         At a refresh, ``refinement.min_window`` clips suffice; a Θ refreshed on a smaller
-        window or restored from disk waits, in addition, for the ``min_window`` clips a
-        refresh needs (a refinement on the first few clips of a run is a noisy one)."""
-        snapshot, settings = self.snapshot, self.refinement
-        window = self.selector.window
+        window or restored from disk also waits for the ``min_window`` clips a refresh
+        needs (a refinement on a run's first few clips is a noisy one)."""
+        snapshot, settings, window = self.snapshot, self.refinement, self.selector.window
         if snapshot is None or settings is None or snapshot.refined is not None:
             return
         needed = settings.min_window if at_refresh else max(settings.min_window, self.min_window)
