@@ -9,7 +9,7 @@ window's Energy under Θ minus the same quantile of an anchor under the global h
 This script picks ``q`` (and reports the anchor choice) on **validation devices only**:
 
 - devices: :func:`shared.data.device_shifts.evaluation_profiles` of the ``val`` split
-  (pixelate and the held-out geometric family; singles first, then mixtures), severities
+  (pixelate and the held-out validation families; singles first, then mixtures), severities
   3-5; never the newcomer benchmark's (corruption, severity) pairs;
 - clips: ID from the ``val`` split (its own actors); near/far OOD generated afresh with
   data seed 1, so no clip is shared with the seed-0 clips of the newcomer stream;

@@ -9,10 +9,10 @@ Without ``--base-model`` the latest registered base model of ``$SECDOOD_DATA_DIR
 
 1. **Training devices**: the clean camera, the 8 classic severity-5 devices and hundreds of
    compositions drawn from the *train* split of :mod:`shared.data.device_shifts`.
-2. **Settings chosen on validation devices only** (the held-out ``geometric`` family and
-   ``pixelate``): a few H settings (:data:`SWEEP`) are trained and the one with the best
-   mean validation accuracy among those that leave no validation device more than one
-   point below the global head is kept. The sweep is reported on validation only.
+2. **Settings chosen on validation devices only** (the ``val`` split: its held-out
+   families and ``pixelate``): a few H settings (:data:`SWEEP`) are trained and the one
+   with the best mean validation accuracy among those that leave no validation device more
+   than one point below the global head is kept. The sweep is reported on validation only.
 3. **Seen devices**: the 8 classic devices (train-split types) on held-out test clips;
    SecDOOD rows at α ∈ {0.1, 0.25, 0.5, 1.0} (importance selection over the device's window
    of the device's ID stream) and random selection at 0.25.
@@ -1218,8 +1218,8 @@ def section_markdown(results: dict) -> str:
         f"{'Quick' if setup['quick'] else 'Full'} run. H trained on "
         f"{setup['training_devices']} simulated devices (clean, 8 classic severity-5 devices, "
         f"the rest drawn from the train split of `shared/data/device_shifts.py`); settings "
-        f"chosen on {setup['validation_devices']} validation devices (held-out `geometric` "
-        f"family and `pixelate`) — chosen: {chosen}. CKKS {setup['ckks']}.\n\n"
+        f"chosen on {setup['validation_devices']} validation devices (the `val` split: "
+        f"{', '.join(SHIFT_SPLIT['val'])}) — chosen: {chosen}. CKKS {setup['ckks']}.\n\n"
         f"Load average at the end of the run: {setup.get('load_average_1min', 'not recorded')} "
         "(2 cores; other jobs may share them: compare cloud HE seconds within a table, "
         "not across runs). Encrypted vs plaintext logits: max difference "

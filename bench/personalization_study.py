@@ -7,7 +7,7 @@ Usage::
 Reads the training and validation devices of :mod:`bench.personalization` (its embedding
 cache; computed if absent) and trains one experimental H per variant of :data:`VARIANTS`
 (plain PyTorch, the same loop as :mod:`server.training.hypernetwork`). Everything is
-measured on validation devices only (held-out ``geometric`` family and ``pixelate``), and
+measured on validation devices only (the ``val`` split's held-out families and ``pixelate``), and
 on the 8 classic (seen) shift types applied to *validation* clips, so no test clip is
 touched. Per variant: mean ID accuracy of the global head and of H at α = 0.25 and 1.0,
 and the worst device's change against the global head. ``ceiling`` fine-tunes the head

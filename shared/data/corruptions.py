@@ -1,14 +1,16 @@
 """Camera shifts for simulated devices: the "-C" style suite plus what real cameras add.
 
 Each shift type maps a clip ``uint8 [T, H, W, 3]`` and a severity 1-5 to a shifted clip.
-Seven families (:data:`FAMILIES`): noise, blur, lighting and digital act per pixel (the
+Eight families (:data:`FAMILIES`): noise, blur, lighting and digital act per pixel (the
 classic suite, :data:`CORRUPTIONS`); temporal shifts change frame timing (dropped, repeated,
 mistimed, smeared, flickering frames); geometric ones change where the camera points and how
 its lens maps the scene; visibility ones change what is seen (occlusion, field of view,
-vignetting, lens dirt, bars). Sensor noise is drawn afresh for every frame (a real camera's
-noise changes frame to frame); optical properties — blur kernels, fog, colour cast, a tilt,
-an occluder — are held constant over a clip, and over a whole device when a ``camera``
-generator is passed (:mod:`shared.data.device_shifts` does). Severities were set for
+vignetting, lens dirt, bars); overlay ones put something between the scene and the lens
+(a fence, raindrops, glare, a burned-in caption, a window's reflection). Sensor noise is
+drawn afresh for every frame (a real camera's noise changes frame to frame); optical
+properties — blur kernels, fog, colour cast, a tilt, an occluder — are held constant over
+a clip, and over a whole device when a ``camera`` generator is passed
+(:mod:`shared.data.device_shifts` does). Severities were set for
 32x32 clips; severity 5 is deliberately harsh (a model trained on clean clips should lose
 well over 15 accuracy points on average on the classic suite).
 """
@@ -418,6 +420,123 @@ def letterbox(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np
     return out
 
 
+# --- overlay: something between the scene and the lens that the image shows -----------------
+# What installed cameras film through or add on top of the scene. Positions and patterns are
+# camera properties; a held-out validation family (shared.data.device_shifts).
+
+_FENCE_SPACING = (12.0, 10.0, 8.0, 6.5, 5.0)  # wire spacing, pixels at 32x32
+_RAINDROPS = (3, 5, 8, 11, 15)  # water drops on the camera's window
+_GLARE = (0.35, 0.5, 0.65, 0.8, 0.95)  # light a flare adds at its centre
+_CAPTION_LINES = (1, 1, 2, 2, 3)  # lines of burned-in text
+_CAPTION_SCALE = (0.22, 0.26, 0.3, 0.34, 0.38)  # cv2 font scale at 32x32
+_REFLECTION = (0.15, 0.25, 0.35, 0.45, 0.55)  # weight of a reflected room
+
+
+def fence(
+    frames: np.ndarray,
+    severity: int,
+    rng: np.random.Generator,
+    camera: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Filming through a wire fence or window bars: a thin dark grid, slightly tilted."""
+    camera = camera or rng
+    side = frames.shape[1]
+    spacing = _scaled(_FENCE_SPACING[severity - 1], frames)
+    angle = camera.uniform(-0.6, 0.6)
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
+    distance = np.full((side, side), np.inf, np.float32)
+    for u in (xx * np.cos(angle) + yy * np.sin(angle), yy * np.cos(angle) - xx * np.sin(angle)):
+        offset = (u + camera.uniform(0.0, spacing)) % spacing
+        distance = np.minimum(distance, np.minimum(offset, spacing - offset))
+    wire = np.clip(1.0 - distance / _scaled(0.6, frames), 0.0, 1.0)[None, :, :, None]
+    return _to_uint8(_as_float(frames) * (1.0 - wire) + camera.uniform(0.45, 0.85) * wire)
+
+
+def raindrops(
+    frames: np.ndarray,
+    severity: int,
+    rng: np.random.Generator,
+    camera: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Water drops on the camera's window: round patches where the scene is a pale blur."""
+    camera = camera or rng
+    side = frames.shape[1]
+    alpha = np.zeros((side, side), np.float32)
+    for _ in range(_RAINDROPS[severity - 1]):
+        centre = tuple(int(v) for v in camera.integers(0, side, 2))
+        cv2.circle(alpha, centre, max(1, int(camera.uniform(0.05, 0.12) * side)), 1.0, -1)
+    alpha = cv2.GaussianBlur(alpha, (0, 0), sigmaX=max(0.5, side / 64))[None, :, :, None]
+    x = _as_float(frames)
+    blurred = np.stack([cv2.GaussianBlur(f, (0, 0), sigmaX=side / 10) for f in x])
+    return _to_uint8(x * (1.0 - alpha) + (0.2 + 0.8 * blurred) * alpha)
+
+
+def glare(
+    frames: np.ndarray,
+    severity: int,
+    rng: np.random.Generator,
+    camera: np.random.Generator | None = None,
+) -> np.ndarray:
+    """The sun or a lamp shining into the lens: a bright flare and a veil over the image."""
+    camera = camera or rng
+    side = frames.shape[1]
+    cy, cx = camera.uniform(0.0, side, 2)
+    radius = camera.uniform(0.25, 0.5) * side
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
+    flare = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * radius**2))
+    light = _GLARE[severity - 1] * rng.uniform(0.9, 1.1) * (0.25 + 0.75 * flare)
+    x = _as_float(frames)
+    return _to_uint8(x + light[None, :, :, None] * (1.0 - x))  # a screen blend
+
+
+def caption(
+    frames: np.ndarray,
+    severity: int,
+    rng: np.random.Generator,
+    camera: np.random.Generator | None = None,
+) -> np.ndarray:
+    """A burned-in on-screen display: a running time stamp (and camera name) in white."""
+    camera = camera or rng
+    side = frames.shape[1]
+    scale = _CAPTION_SCALE[severity - 1] * side / 32
+    (_, height), _ = cv2.getTextSize("0", cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    lines = _CAPTION_LINES[severity - 1]
+    top = int(camera.integers(0, max(1, side - lines * (height + 2)) + 1))
+    left = int(camera.integers(0, max(1, side // 4)))
+    name = f"CAM {int(camera.integers(1, 100))}"
+    start = int(rng.integers(86_400))
+    out = np.ascontiguousarray(frames.copy())
+    for t, frame in enumerate(out):
+        seconds = start + t
+        text = [f"{seconds // 3600 % 24:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}", name]
+        text += [f"{seconds % 1000:03d} KB/S"]
+        for line in range(lines):
+            origin = (left, top + (line + 1) * (height + 2))
+            for colour, weight in (((0, 0, 0), 2), ((255, 255, 255), 1)):
+                cv2.putText(frame, text[line], origin, cv2.FONT_HERSHEY_SIMPLEX, scale, colour,
+                            weight, cv2.LINE_AA)  # fmt: skip
+    return out
+
+
+def reflection(
+    frames: np.ndarray,
+    severity: int,
+    rng: np.random.Generator,
+    camera: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Filming through a window: the room behind the camera (lamps, frames) reflected on top."""
+    camera = camera or rng
+    side = frames.shape[1]
+    room = 0.3 * _cloud_layer(camera, side)[:, :, None] * camera.uniform(0.5, 1.0, 3)
+    for _ in range(int(camera.integers(2, 6))):
+        top, left = camera.integers(0, side, 2)
+        height, width = camera.integers(side // 8, side // 2 + 1, 2)
+        room[top : top + height, left : left + width] = camera.uniform(0.5, 1.0, 3)
+    room = cv2.GaussianBlur(room.astype(np.float32), (0, 0), sigmaX=max(0.5, side / 48))
+    weight = _REFLECTION[severity - 1]
+    return _to_uint8(_as_float(frames) * (1.0 - weight) + room[None] * weight)
+
+
 CorruptionFn = Callable[..., np.ndarray]
 
 _CORRUPTION_FUNCTIONS: dict[str, CorruptionFn] = {
@@ -449,6 +568,7 @@ FAMILIES: dict[str, tuple[CorruptionFn, ...]] = {
     "temporal": (frame_drop, frame_stutter, frame_jitter, ghosting, flicker),
     "geometric": (rotation, perspective, translation, barrel_distortion, camera_shake),
     "visibility": (occlusion, narrow_field_of_view, vignette, lens_dirt, letterbox),
+    "overlay": (fence, raindrops, glare, caption, reflection),
 }
 _SHIFT_FUNCTIONS: dict[str, CorruptionFn] = {
     fn.__name__: fn for functions in FAMILIES.values() for fn in functions

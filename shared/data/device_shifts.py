@@ -1,15 +1,15 @@
 """Simulated devices: the train / validation / test split of camera shifts and a generator.
 
 **The split** (:data:`SHIFT_SPLIT`, the one place every benchmark takes it from). Whole
-families are held out — ``geometric`` for validation, ``visibility`` for testing — and
-within the per-pixel families some types are held out too (at least one noise, blur,
-lighting and digital type for testing), so validation and test share no type with
-training or with each other:
+families are held out — ``geometric`` and ``overlay`` for validation, ``visibility`` for
+testing — and within the per-pixel families some types are held out too (at least one
+noise, blur, lighting and digital type for testing), so validation and test share no type
+with training or with each other:
 
 =========  ====================================================================
 train      noise: gaussian, impulse, speckle; blur: defocus, motion;
            lighting: contrast, fog, colour cast; temporal: all five
-validation digital: pixelate; geometric: all five (held-out family)
+validation digital: pixelate; geometric: all five; overlay: all five (held-out families)
 test       noise: shot; blur: zoom; lighting: brightness; digital: JPEG;
            visibility: all five (held-out family)
 =========  ====================================================================
@@ -42,7 +42,7 @@ SPLITS: tuple[Split, ...] = ("train", "val", "test")
 #: Families no part of training or setting-selection sees, per split.
 HELD_OUT_FAMILIES: dict[Split, tuple[str, ...]] = {
     "train": (),
-    "val": ("geometric",),
+    "val": ("geometric", "overlay"),
     "test": ("visibility",),
 }
 _HELD_OUT_TYPES: dict[Split, tuple[str, ...]] = {

@@ -50,6 +50,7 @@ def test_split_is_disjoint_complete_and_holds_out_whole_families():
     assert {"noise", "blur", "lighting", "digital"} <= {FAMILY_OF[t] for t in test}
     assert {FAMILY_OF[t] for t in train} >= {"noise", "blur", "lighting", "temporal"}
     assert split_of("occlusion") == "test" and split_of("rotation") == "val"
+    assert {fn.__name__ for fn in FAMILIES["overlay"]} <= set(val)  # the second val family
     with pytest.raises(ValueError, match="unknown shift type"):
         split_of("rain")
 
@@ -83,6 +84,19 @@ def test_camera_properties_stay_fixed_on_one_device(clip):
     np.testing.assert_array_equal(first, second)  # no per-clip noise in these two types
     other_camera = DeviceProfile(profile.steps, camera_seed=12)
     assert _mae(shift_clip(clip, other_camera, np.random.default_rng(0)), first) > 1.0
+
+
+def test_overlays_stay_on_the_device_and_the_caption_runs_frame_to_frame(clip):
+    fence = DeviceProfile((ShiftStep("fence", 3),), camera_seed=4)
+    np.testing.assert_array_equal(
+        shift_clip(clip, fence, np.random.default_rng(0)),
+        shift_clip(clip, fence, np.random.default_rng(1)),
+    )
+    blank = np.zeros_like(clip)  # only the caption's text is drawn on it
+    text = corrupt_clip(blank, "caption", 1, np.random.default_rng(0))
+    assert text.max() > 200  # white (anti-aliased) letters
+    assert any(_mae(text[t], text[t + 1]) > 0 for t in range(len(text) - 1))  # seconds tick
+    assert _mae(text[0], corrupt_clip(blank, "caption", 1, np.random.default_rng(9))[0]) > 0
 
 
 def test_generator_draws_from_its_split_only_and_is_deterministic():
