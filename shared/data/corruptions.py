@@ -424,8 +424,8 @@ def letterbox(frames: np.ndarray, severity: int, rng: np.random.Generator) -> np
 # What installed cameras film through or add on top of the scene. Positions and patterns are
 # camera properties; a held-out validation family (shared.data.device_shifts).
 
-_FENCE_SPACING = (12.0, 10.0, 8.0, 6.5, 5.0)  # wire spacing, pixels at 32x32
-_RAINDROPS = (3, 5, 8, 11, 15)  # water drops on the camera's window
+_FENCE_SPACING = (8.0, 6.5, 5.0, 4.0, 3.2)  # wire spacing, pixels at 32x32
+_RAINDROPS = (5, 9, 14, 20, 28)  # water drops on the camera's window
 _GLARE = (0.35, 0.5, 0.65, 0.8, 0.95)  # light a flare adds at its centre
 _CAPTION_LINES = (1, 1, 2, 2, 3)  # lines of burned-in text
 _CAPTION_SCALE = (0.22, 0.26, 0.3, 0.34, 0.38)  # cv2 font scale at 32x32
@@ -458,17 +458,18 @@ def raindrops(
     rng: np.random.Generator,
     camera: np.random.Generator | None = None,
 ) -> np.ndarray:
-    """Water drops on the camera's window: round patches where the scene is a pale blur."""
+    """Water drops on the camera's window: each one a small lens that shows the scene
+    blurred and upside down."""
     camera = camera or rng
     side = frames.shape[1]
     alpha = np.zeros((side, side), np.float32)
     for _ in range(_RAINDROPS[severity - 1]):
         centre = tuple(int(v) for v in camera.integers(0, side, 2))
-        cv2.circle(alpha, centre, max(1, int(camera.uniform(0.05, 0.12) * side)), 1.0, -1)
+        cv2.circle(alpha, centre, max(1, int(camera.uniform(0.06, 0.16) * side)), 1.0, -1)
     alpha = cv2.GaussianBlur(alpha, (0, 0), sigmaX=max(0.5, side / 64))[None, :, :, None]
     x = _as_float(frames)
-    blurred = np.stack([cv2.GaussianBlur(f, (0, 0), sigmaX=side / 10) for f in x])
-    return _to_uint8(x * (1.0 - alpha) + (0.2 + 0.8 * blurred) * alpha)
+    blurred = np.stack([cv2.GaussianBlur(f, (0, 0), sigmaX=side / 16) for f in x])
+    return _to_uint8(x * (1.0 - alpha) + (0.1 + 0.9 * blurred[:, ::-1, ::-1]) * alpha)
 
 
 def glare(
