@@ -10,13 +10,18 @@ when the ratio is at most ``FAMILIAR_RATIO``; the refined head scores OOD either
 
 Validation data only, never the test families, in two sets: (1) the 40 validation
 devices of ``bench.refinement_study`` (8 seen-shift, 24 standard and 8 harder devices of
-the validation families) under the H the server trains by default; (2) the 48 devices of
-``bench.family_holdout`` (16 per held-out per-pixel training family) under an H trained
-without that family, with the reference of the devices it was trained on. Per device: Θ
-and the refinement from a 64-clip window, accuracy on the other clips. Rule, fixed before
-the sweep: the ratio among :data:`RATIOS` with the best mean of the two sets' mean
-accuracies (ties → the smaller ratio). Writes bench/results/familiarity_gate.json and its
-BENCHMARKS.md section.
+the validation split's families) under the H the server trains by default; (2) the 48
+devices of ``bench.family_holdout`` (16 per held-out per-pixel training family) under an H
+trained without that family, with the reference of the devices it was trained on. Per
+device: Θ and the refinement from a 64-clip window, accuracy on the other clips. Rule,
+fixed before the sweep: the ratio among :data:`RATIOS` with the best mean of the two sets'
+mean accuracies (ties → the smaller ratio).
+
+Also swept, as a candidate "EM went wrong" override: on a camera the gate leaves to the
+refined head, Θ classifies anyway when the two heads agree on fewer than a share
+(:data:`AGREEMENT_FLOORS`) of the window's clips; 0 is no override. Same rule, ties → no
+override; the rank correlation of the refinement's gain over Θ with that agreement is
+reported per set. Writes bench/results/familiarity_gate.json and its BENCHMARKS.md section.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import time
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 from tqdm import tqdm
 
 from bench.family_holdout import FAMILIES, holdout_family
@@ -32,6 +38,7 @@ from bench.personalization import cached
 from bench.refinement_study import (
     BenchDevices,
     bench_training_devices,
+    validation_cameras,
     validation_devices,
     window_theta,
 )
@@ -39,26 +46,34 @@ from bench.report import machine, markdown_table, write_json, write_section
 from device_client.head_refinement import refine_head
 from server.training.device_embeddings import DeviceSet
 from server.training.hypernetwork import HyperNetworkTrainConfig, fit_hypernetwork
+from shared.data.device_shifts import SHIFT_SPLIT
 from shared.familiarity import FAMILIAR_RATIO
 
 WINDOW = 64
 #: candidate thresholds on the familiarity ratio (0: the refined head always classifies)
 RATIOS = (0.0, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, np.inf)
+#: candidate overrides: Θ classifies when it agrees with the refined head on fewer than this
+#: share of the window's clips (0: never)
+AGREEMENT_FLOORS = (0.0, 0.8, 0.9, 0.95)
 #: H's training seeds of the robustness check (the choice itself is seed 0's, the server's)
 CHECK_SEEDS = (1, 2)
+LABEL = {0.0: "0 (refined head always classifies)", np.inf: "∞ (Θ always classifies)"}
 
 
 def device_case(hypernet, device_z: np.ndarray, labels: np.ndarray, classes: int) -> dict:
-    """Θ's and the refined head's accuracy after the window, and the window's ratio."""
+    """Θ's and the refined head's accuracy after the window, the window's ratio and the
+    share of window clips on which the two heads agree (all label-free but the accuracies)."""
     window, scored, truth = device_z[:WINDOW], device_z[WINDOW:], labels[WINDOW:]
     theta = window_theta(hypernet, window)
     dim = window.shape[1]
     kernel, bias = theta[: dim * classes].reshape(dim, classes), theta[dim * classes :]
     refined = refine_head(window, theta, classes)
+    agrees = (window @ kernel + bias).argmax(1) == refined.logits(window).argmax(1).numpy()
     return {
         "theta_acc": float(((scored @ kernel + bias).argmax(1) == truth).mean()),
         "refined_acc": float((refined.logits(scored).argmax(1).numpy() == truth).mean()),
         "ratio": hypernet.familiarity.ratio(window.mean(0)),
+        "agreement": float(agrees.mean()),
     }
 
 
@@ -76,8 +91,12 @@ def validation_cases(setup: BenchDevices, seed: int = 0) -> list[dict]:
     )
     print(f"H with the server's default settings (seed {seed}) ...", flush=True)
     hypernet = fit(setup, setup.train, seed)
+    families = {
+        (group, index): "+".join(profile.families) if profile else "classic"
+        for group, index, profile in validation_cameras()
+    }
     return [
-        {"set": "validation", "group": group, "index": i}
+        {"set": "validation", "group": group, "index": i, "families": families[group, i]}
         | device_case(hypernet, d["val"].numpy(), d["labels"].numpy(), classes)
         for group, devices in groups.items()
         for i, d in enumerate(devices)
@@ -98,29 +117,47 @@ def holdout_cases(setup: BenchDevices, seed: int = 0) -> list[dict]:
     return cases
 
 
-def gated_accuracy(cases: list[dict], ratio: float) -> float:
-    return float(
-        np.mean([c["theta_acc"] if c["ratio"] <= ratio else c["refined_acc"] for c in cases])
-    )
+def theta_classifies(case: dict, ratio: float, floor: float = 0.0) -> bool:
+    return case["ratio"] <= ratio or case["agreement"] < floor
+
+
+def gated_accuracy(cases: list[dict], ratio: float, floor: float = 0.0) -> float:
+    chosen = [c["theta_acc" if theta_classifies(c, ratio, floor) else "refined_acc"] for c in cases]
+    return float(np.mean(chosen))
 
 
 def sweep_of(sets: dict[str, list[dict]]) -> list[dict]:
-    """Per threshold: each set's mean gated accuracy, the share Θ classifies, their mean."""
+    """Per (threshold, agreement floor): each set's mean gated accuracy, the share Θ
+    classifies, their mean."""
     sweep = []
-    for ratio in RATIOS:
-        row = {"ratio": float(ratio)}
-        for name, cases in sets.items():
-            row[name] = gated_accuracy(cases, ratio)
-            row[f"{name}: Θ classifies"] = float(np.mean([c["ratio"] <= ratio for c in cases]))
-        row["mean"] = float(np.mean([row[name] for name in sets]))
-        sweep.append(row)
+    for floor in AGREEMENT_FLOORS:
+        for ratio in RATIOS:
+            row = {"ratio": float(ratio), "floor": floor}
+            for name, cases in sets.items():
+                row[name] = gated_accuracy(cases, ratio, floor)
+                row[f"{name}: Θ classifies"] = float(
+                    np.mean([theta_classifies(c, ratio, floor) for c in cases])
+                )
+            row["mean"] = float(np.mean([row[name] for name in sets]))
+            sweep.append(row)
     return sweep
 
 
-def rule(sweep: list[dict]) -> float:
-    """The best mean of the two sets' accuracies; ties → the smaller threshold."""
+def rule(sweep: list[dict]) -> tuple[float, float]:
+    """(threshold, floor) with the best mean of the two sets' accuracies; ties → the
+    smaller threshold, then the smaller floor (no override)."""
     best = max(r["mean"] for r in sweep)
-    return min(r["ratio"] for r in sweep if r["mean"] >= best - 1e-12)
+    return min((r["ratio"], r["floor"]) for r in sweep if r["mean"] >= best - 1e-12)
+
+
+def agreement_correlation(cases: list[dict], ratio: float) -> dict:
+    """Spearman ρ, over the devices the gate leaves to the refined head, between the
+    refinement's gain over Θ and the heads' agreement (negative: disagreement goes with
+    gains, not losses)."""
+    unfamiliar = [c for c in cases if c["ratio"] > ratio]
+    gains = [c["refined_acc"] - c["theta_acc"] for c in unfamiliar]
+    rho, p_value = spearmanr(gains, [c["agreement"] for c in unfamiliar])
+    return {"devices": len(unfamiliar), "rho": float(rho), "p": float(p_value)}
 
 
 def seed_check(setup: BenchDevices) -> list[dict]:
@@ -131,9 +168,77 @@ def seed_check(setup: BenchDevices) -> list[dict]:
             "validation": validation_cases(setup, seed),
             "held-out training family": holdout_cases(setup, seed),
         }
-        sweep = {r["ratio"]: r["mean"] for r in sweep_of(sets)}
-        rows.append({"seed": seed, "chosen": rule(sweep_of(sets)), "mean_by_ratio": sweep})
+        sweep = sweep_of(sets)
+        means = {r["ratio"]: r["mean"] for r in sweep if r["floor"] == 0.0}
+        rows.append({"seed": seed, "chosen": rule(sweep), "mean_by_ratio": means})
     return rows
+
+
+def group_rows(sets: dict[str, list[dict]], ratio: float) -> dict[str, dict]:
+    """Per group (validation: per group and families) Θ, refined and gated accuracy."""
+    groups = {}
+    for name, cases in sets.items():
+        keys = [f"{c['group']}: {c['families']}" if "families" in c else c["group"] for c in cases]
+        for key in dict.fromkeys(keys):
+            members = [c for c, k in zip(cases, keys, strict=True) if k == key]
+            groups[f"{name}: {key}"] = {
+                "devices": len(members),
+                "theta_acc": float(np.mean([c["theta_acc"] for c in members])),
+                "refined_acc": float(np.mean([c["refined_acc"] for c in members])),
+                "gated_acc": gated_accuracy(members, ratio),
+                "ratio_median": float(np.median([c["ratio"] for c in members])),
+                "theta_classifies": float(np.mean([c["ratio"] <= ratio for c in members])),
+            }
+    return groups
+
+
+def tables(sets, sweep, groups, seeds, chosen) -> tuple[str, str, str, str]:
+    """The ratio sweep (no override), the override sweep, the groups and the seed check."""
+    ratio = chosen[0]
+    sweep_table = markdown_table(
+        ["ratio threshold", *(f"{n}: mean ID acc (Θ classifies on)" for n in sets),
+         "mean of the two"],
+        [
+            [LABEL.get(r["ratio"], f"{r['ratio']:g}"),
+             *(f"{r[n]:.4f} ({100 * r[f'{n}: Θ classifies']:.0f} %)" for n in sets),
+             f"{r['mean']:.4f}"]
+            for r in sweep if r["floor"] == 0.0
+        ],
+    )  # fmt: skip
+    override_table = markdown_table(
+        ["Θ also classifies when the heads agree on fewer than", "best threshold",
+         *(f"{n}: mean ID acc" for n in sets), "mean of the two"],
+        [
+            [f"{floor:g} of the window" if floor else "0 (no override)", f"{best['ratio']:g}",
+             *(f"{best[n]:.4f}" for n in sets), f"{best['mean']:.4f}"]
+            for floor in AGREEMENT_FLOORS
+            for best in [max((r for r in sweep if r["floor"] == floor),
+                             key=lambda r: (r["mean"], -r["ratio"]))]
+        ],
+    )  # fmt: skip
+    group_table = markdown_table(
+        ["devices", "n", "median ratio", "Θ as sent", "refined", f"gated at {ratio:g}",
+         "Θ classifies on"],
+        [
+            [name, g["devices"], f"{g['ratio_median']:.2f}", f"{g['theta_acc']:.3f}",
+             f"{g['refined_acc']:.3f}", f"{g['gated_acc']:.3f}",
+             f"{100 * g['theta_classifies']:.0f} %"]
+            for name, g in groups.items()
+        ],
+    )  # fmt: skip
+    shown = list(dict.fromkeys((0.0, 1.0, float(ratio), float(np.inf))))
+    seed_table = markdown_table(
+        ["H's training seed", "rule picks (threshold, floor)",
+         *(f"mean of the two at {LABEL.get(r, f'{r:g}').split(' (')[0]}" for r in shown)],
+        [
+            [str(row["seed"]), f"{row['chosen'][0]:g}, {row['chosen'][1]:g}",
+             *(f"{row['mean_by_ratio'][r]:.4f}" for r in shown)]
+            for row in [{"seed": 0, "chosen": chosen,
+                         "mean_by_ratio": {r["ratio"]: r["mean"] for r in sweep
+                                           if r["floor"] == 0.0}}, *seeds]
+        ],
+    )  # fmt: skip
+    return sweep_table, override_table, group_table, seed_table
 
 
 def main() -> int:
@@ -148,64 +253,30 @@ def main() -> int:
         name: float(np.mean([max(c["theta_acc"], c["refined_acc"]) for c in cases]))
         for name, cases in sets.items()
     }
-    groups = {}
-    for name, cases in sets.items():
-        for group in dict.fromkeys(c["group"] for c in cases):
-            members = [c for c in cases if c["group"] == group]
-            groups[f"{name}: {group}"] = {
-                "devices": len(members),
-                "theta_acc": float(np.mean([c["theta_acc"] for c in members])),
-                "refined_acc": float(np.mean([c["refined_acc"] for c in members])),
-                "gated_acc": gated_accuracy(members, chosen),
-                "ratio_median": float(np.median([c["ratio"] for c in members])),
-                "theta_classifies": float(np.mean([c["ratio"] <= chosen for c in members])),
-            }
-    label = {0.0: "0 (refined head always classifies)", np.inf: "∞ (Θ always classifies)"}
-    sweep_table = markdown_table(
-        ["ratio threshold", *(f"{n}: mean ID acc (Θ classifies on)" for n in sets),
-         "mean of the two"],
-        [
-            [label.get(r["ratio"], f"{r['ratio']:g}"),
-             *(f"{r[n]:.4f} ({100 * r[f'{n}: Θ classifies']:.0f} %)" for n in sets),
-             f"{r['mean']:.4f}"]
-            for r in sweep
-        ],
-    )  # fmt: skip
-    group_table = markdown_table(
-        ["devices", "n", "median ratio", "Θ as sent", "refined", f"gated at {chosen:g}",
-         "Θ classifies on"],
-        [
-            [name, g["devices"], f"{g['ratio_median']:.2f}", f"{g['theta_acc']:.3f}",
-             f"{g['refined_acc']:.3f}", f"{g['gated_acc']:.3f}",
-             f"{100 * g['theta_classifies']:.0f} %"]
-            for name, g in groups.items()
-        ],
-    )  # fmt: skip
-    shown = list(dict.fromkeys((0.0, 1.0, float(chosen), float(np.inf))))
-    seed_table = markdown_table(
-        ["H's training seed", "rule picks",
-         *(f"mean of the two at {label.get(r, f'{r:g}').split(' (')[0]}" for r in shown)],
-        [
-            [str(row["seed"]), f"{row['chosen']:g}",
-             *(f"{row['mean_by_ratio'][r]:.4f}" for r in shown)]
-            for row in [{"seed": 0, "chosen": chosen,
-                         "mean_by_ratio": {r["ratio"]: r["mean"] for r in sweep}}, *seeds]
-        ],
-    )  # fmt: skip
+    correlation = {name: agreement_correlation(cases, chosen[0]) for name, cases in sets.items()}
+    groups = group_rows(sets, chosen[0])
+    sweep_table, override_table, group_table, seed_table = tables(
+        sets, sweep, groups, seeds, chosen
+    )
     write_json(
         "familiarity_gate",
-        {"sweep": sweep, "chosen": chosen, "seed_check": seeds,
-         "device_default": FAMILIAR_RATIO, "oracle": oracle,
-         "groups": groups, "cases": {n: c for n, c in sets.items()}, "window": WINDOW,
+        {"sweep": sweep, "chosen": {"ratio": chosen[0], "agreement_floor": chosen[1]},
+         "seed_check": seeds, "device_default": FAMILIAR_RATIO, "oracle": oracle,
+         "agreement_correlation": correlation, "groups": groups,
+         "cases": {n: c for n, c in sets.items()}, "window": WINDOW,
          "seconds": round(time.perf_counter() - started, 1), "machine": machine()},
     )  # fmt: skip
-    print(sweep_table)
-    print(group_table)
-    print(seed_table)
-    print(f"chosen ratio {chosen:g} (device default {FAMILIAR_RATIO:g}); oracle {oracle}")
-    same = "the device's default" if chosen == FAMILIAR_RATIO else (
-        f"**not** the device's default ({FAMILIAR_RATIO:g} in `shared/familiarity.py`)"
+    for table in (sweep_table, override_table, group_table, seed_table):
+        print(table)
+    print(f"chosen {chosen} (device default {FAMILIAR_RATIO:g}); oracle {oracle}; {correlation}")
+    same = "the device's default" if chosen == (FAMILIAR_RATIO, 0.0) else (
+        f"**not** the device's default ({FAMILIAR_RATIO:g} in `shared/familiarity.py`, "
+        "no agreement override)"
     )  # fmt: skip
+    rho = "; ".join(
+        f"{n}: ρ = {c['rho']:+.2f} over {c['devices']} devices (p = {c['p']:.1g})"
+        for n, c in correlation.items()
+    )
     write_section(
         "familiarity_gate",
         "Familiarity gate: when Θ classifies instead of the refined head (validation only)",
@@ -213,13 +284,17 @@ def main() -> int:
         f"{WINDOW}-clip window, ID accuracy on the other clips; Θ classifies when the "
         "window mean's distance to the nearest training device of H, over the median "
         "nearest-neighbour distance among those devices, is at most the threshold. Sets: "
-        "the 40 validation devices of the refinement study (H as the server trains it) and "
-        "the 48 devices of the held-out training families (H trained without the family). "
-        "Rule (fixed before the sweep): best mean of the two sets' mean accuracies, ties → "
-        f"the smaller threshold. **Chosen: {chosen:g}**, {same}. Per-device best of Θ and "
-        "refined (oracle): "
+        "the 40 validation devices of the refinement study (H as the server trains it; "
+        f"validation split: {', '.join(SHIFT_SPLIT['val'])}) and the 48 devices of the "
+        "held-out training families (H trained without the family). Candidate override: Θ "
+        "also classifies when the two heads agree on fewer than a share of the window's "
+        "clips. Rule (fixed before the sweep): best mean of the two sets' mean accuracies, "
+        f"ties → the smaller threshold, then no override. **Chosen: threshold {chosen[0]:g}, "
+        f"agreement floor {chosen[1]:g}**, {same}. Per-device best of Θ and refined (oracle): "
         + ", ".join(f"{n} {v:.4f}" for n, v in oracle.items())
-        + f". Machine: {machine()}.\n\n{sweep_table}\n\n{group_table}\n\n"
+        + ". Rank correlation of the refinement's gain over Θ with the heads' agreement, on "
+        f"the devices the gate leaves to the refined head: {rho}. Machine: {machine()}.\n\n"
+        f"{sweep_table}\n\n{override_table}\n\n{group_table}\n\n"
         "Robustness (not a choice): the same rule with H trained from other seeds.\n\n"
         f"{seed_table}",
     )

@@ -47,6 +47,7 @@ from shared.channel_importance import channel_importance, top_alpha_channels
 from shared.data.corruptions import corrupt_clipset, device_shift
 from shared.data.device_shifts import (
     SHIFT_SPLIT,
+    DeviceProfile,
     evaluation_profiles,
     hard_evaluation_profiles,
     shift_clipset,
@@ -65,16 +66,22 @@ CLIPS = {"val": 192, "near_hard_val": 128, "near": 128, "far": 128}
 GROUPS = ("seen", "standard", "harder")
 
 
+def validation_cameras() -> list[tuple[str, int, DeviceProfile | None]]:
+    """(group, index, profile) of every validation device, in :func:`validation_devices`'
+    order; profile None: the classic device_shift(index) of a seen-shift device."""
+    cameras: list[tuple[str, int, DeviceProfile | None]] = [("seen", i, None) for i in range(8)]
+    cameras += [("standard", i, p) for i, p in enumerate(evaluation_profiles("val", 24, seed=11))]
+    cameras += [("harder", i, p) for i, p in enumerate(hard_evaluation_profiles("val", 8, seed=0))]
+    return cameras
+
+
 def validation_devices(bundle) -> dict[str, list[dict]]:
     """Embeddings of the three validation groups (ID window + scored clips, near, far)."""
     rng = np.random.default_rng(7)
     splits = {k: load_split(k, DigitActionsConfig()) for k in CLIPS}
     splits = {k: v.subset(rng.permutation(len(v))[: CLIPS[k]]) for k, v in splits.items()}
     groups: dict[str, list[dict]] = {g: [] for g in GROUPS}
-    cameras = [("seen", i, None) for i in range(8)]
-    cameras += [("standard", i, p) for i, p in enumerate(evaluation_profiles("val", 24, seed=11))]
-    cameras += [("harder", i, p) for i, p in enumerate(hard_evaluation_profiles("val", 8, seed=0))]
-    for group, index, profile in cameras:
+    for group, index, profile in validation_cameras():
         device: dict = {"labels": torch.as_tensor(splits["val"].labels)}
         for name, clips in splits.items():
             if profile is None:
