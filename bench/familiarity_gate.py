@@ -45,7 +45,7 @@ from bench.refinement_study import (
 from bench.report import machine, markdown_table, write_json, write_section
 from device_client.head_refinement import refine_head
 from server.training.device_embeddings import DeviceSet
-from server.training.hypernetwork import HyperNetworkTrainConfig, fit_hypernetwork
+from server.training.hypernetwork import fit_hypernetwork
 from shared.data.device_shifts import SHIFT_SPLIT
 from shared.familiarity import FAMILIAR_RATIO
 
@@ -78,8 +78,7 @@ def device_case(hypernet, device_z: np.ndarray, labels: np.ndarray, classes: int
 
 
 def fit(setup: BenchDevices, train: DeviceSet, seed: int = 0):
-    config = HyperNetworkTrainConfig(base_model_path=setup.base, steps=3000, threads=2, seed=seed)
-    return fit_hypernetwork(config, setup.bundle, train)[0]
+    return fit_hypernetwork(setup.config(steps=3000, seed=seed), setup.bundle, train)[0]
 
 
 def validation_cases(setup: BenchDevices, seed: int = 0) -> list[dict]:

@@ -36,7 +36,6 @@ from bench.report import (
 from device_client.head_refinement import RefinementSettings, refine_head
 from server.training.device_embeddings import DeviceSet, embed_devices
 from server.training.hypernetwork import (
-    HyperNetworkTrainConfig,
     fit_hypernetwork,
 )
 from shared.data.corruptions import FAMILY_OF
@@ -135,15 +134,13 @@ def main() -> int:
     torch.set_num_threads(2)
     started = time.perf_counter()
     setup = bench_training_devices()
-    base, bundle = setup.base, setup.bundle
+    bundle = setup.bundle
     results: dict[str, dict] = {}
     for family in FAMILIES:
         subset, devices = holdout_family(setup, family)
         keep = subset.profiles
         print(f"{family}: H on the {len(keep)} training devices without it ...", flush=True)
-        hypernet, _ = fit_hypernetwork(
-            HyperNetworkTrainConfig(base_model_path=base, steps=3000, threads=2), bundle, subset
-        )
+        hypernet, _ = fit_hypernetwork(setup.config(steps=3000), bundle, subset)
         rows = [
             {"device": device["name"], **device_metrics(bundle, hypernet, device)}
             for device in tqdm(devices, desc=f"{family} devices")

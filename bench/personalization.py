@@ -110,6 +110,8 @@ from shared.data.device_shifts import (
 )
 from shared.data.digit_actions import SPLITS as DATA_SPLITS
 from shared.data.digit_actions import DigitActionsConfig, load_split
+from shared.embedding_adaptation import DEFAULT as DEFAULT_EMBEDDING
+from shared.embedding_adaptation import PLAIN, EmbeddingAdaptation, adapted_model
 from shared.he import CKKSParams
 from shared.hypernet import HyperNetwork, hypernet_state, personalised_logits, restricted_map
 from shared.model_names import HYPERNETWORK
@@ -192,7 +194,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--render", action="store_true", help="only rewrite the BENCHMARKS.md section from --out"
     )
+    parser.add_argument(
+        "--embedding",
+        default=DEFAULT_EMBEDDING.key,
+        help="how the base model runs before H (shared.embedding_adaptation key; default the "
+        f"product's, {DEFAULT_EMBEDDING.key}; 'none' for plain embeddings)",
+    )
     return parser.parse_args()
+
+
+def embedding_cache_key(embedding: EmbeddingAdaptation) -> dict[str, Any]:
+    """What cache keys add for embeddings other than plain ones (plain keys stay as before)."""
+    if embedding == PLAIN:
+        return {}
+    return {"leantta": [float(embedding.layers), embedding.tau, embedding.lam]}
 
 
 def cached(folder: Path, key: dict[str, Any], compute: Callable[[], Any]) -> Any:
@@ -794,7 +809,11 @@ def main() -> None:
     if args.base_model is None:
         args.base_model = str(default_base_model_path())
     base_sha = hashlib.sha256(Path(args.base_model).read_bytes()).hexdigest()
-    bundle = load_bundle(args.base_model)
+    embedding = EmbeddingAdaptation.from_key(args.embedding)
+    plain_bundle = load_bundle(args.base_model)
+    # every device below is embedded as a device of this kind sends (training devices: by
+    # collect_devices, from the config)
+    bundle = dataclasses.replace(plain_bundle, model=adapted_model(plain_bundle.model, embedding))
     pipeline = OODPipeline(bundle)
     quick = args.quick
     cache = Settings().data_dir / "cache" / "bench-personalization"
@@ -806,11 +825,13 @@ def main() -> None:
         val_clips_per_device=48 if quick else 64,
         steps=400 if quick else 3000,
         threads=1,
+        embedding=embedding,
     )
     key = {"v": CACHE_VERSION, "base": base_sha, "quick": quick, "split": SHIFT_SPLIT}
+    key |= embedding_cache_key(embedding)
     print("embedding training and validation devices ...", flush=True)
     train, val = cached(
-        cache, {**key, "what": "train"}, lambda: collect_devices(base_config, bundle)
+        cache, {**key, "what": "train"}, lambda: collect_devices(base_config, plain_bundle)
     )
     assert val is not None
     print("choosing H settings on validation devices ...", flush=True)
@@ -975,6 +996,7 @@ def main() -> None:
     results["he_time_ratio_0.25_vs_1.0"] = costs["0.25"]["he_seconds"] / costs["1.0"]["he_seconds"]
     results["setup"] = {
         "quick": quick,
+        "embedding": embedding.describe(),
         "devices": len(seen),
         "unseen_devices": len(unseen),
         "training_devices": len(train.profiles),
@@ -1215,7 +1237,9 @@ def section_markdown(results: dict) -> str:
     chosen = results["chosen_setting"]
     unseen = results["unseen"]
     return (
-        f"{'Quick' if setup['quick'] else 'Full'} run. H trained on "
+        f"{'Quick' if setup['quick'] else 'Full'} run. Embeddings: "
+        f"{setup.get('embedding', 'plain (no adaptation)')}, for every head below (the "
+        "global head included). H trained on "
         f"{setup['training_devices']} simulated devices (clean, 8 classic severity-5 devices, "
         f"the rest drawn from the train split of `shared/data/device_shifts.py`); settings "
         f"chosen on {setup['validation_devices']} validation devices (the `val` split: "

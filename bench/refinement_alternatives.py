@@ -30,7 +30,7 @@ from bench.personalization import cached
 from bench.refinement_study import GROUPS, bench_training_devices, validation_devices, window_theta
 from bench.report import machine, markdown_table, write_json, write_section
 from device_client.head_refinement import RefinementSettings, refine_head
-from server.training.hypernetwork import HyperNetworkTrainConfig, fit_hypernetwork
+from server.training.hypernetwork import fit_hypernetwork
 from shared.ood.energy import energy
 from shared.ood.metrics import ood_metrics
 
@@ -103,7 +103,7 @@ def main() -> int:
         lambda: validation_devices(setup.bundle),
     )
     print("H with the server's default settings ...", flush=True)
-    config = HyperNetworkTrainConfig(base_model_path=setup.base, steps=3000, threads=2)
+    config = setup.config(steps=3000)
     hypernet, _ = fit_hypernetwork(config, setup.bundle, setup.train)
     starts = {
         "EM from Θ (shipped)": None,

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from bench.personalization import CACHE_VERSION, cached
+from bench.personalization import CACHE_VERSION, cached, embedding_cache_key
 from bench.report import default_base_model_path, markdown_table, write_json, write_section
 from device_client.head_refinement import (
     RefinementSettings,
@@ -53,6 +53,8 @@ from shared.data.device_shifts import (
     shift_clipset,
 )
 from shared.data.digit_actions import DigitActionsConfig, load_split
+from shared.embedding_adaptation import DEFAULT as DEFAULT_EMBEDDING
+from shared.embedding_adaptation import PLAIN, EmbeddingAdaptation, adapted_model
 from shared.models.checkpoint import ModelBundle, load_bundle
 from shared.ood.energy import energy
 from shared.ood.metrics import ood_metrics
@@ -162,39 +164,47 @@ class BenchDevices:
     """The registered base model and the personalisation bench's cached training devices."""
 
     base: str  # path of the base model file
-    bundle: ModelBundle
+    bundle: ModelBundle  # its model runs as ``embedding`` says: embed every device with it
     train: DeviceSet
     cache: Path  # the bench's embedding cache
     key: dict[str, Any]  # what every cache entry of this base model is keyed on
+    embedding: EmbeddingAdaptation = PLAIN
+
+    def config(self, **settings: Any) -> HyperNetworkTrainConfig:
+        """The server's default H job on these devices (``settings`` override it)."""
+        return HyperNetworkTrainConfig(
+            **{"base_model_path": self.base, "threads": 2, "embedding": self.embedding} | settings
+        )
 
 
-def bench_training_devices() -> BenchDevices:
-    """The base model and the training devices ``bench.personalization`` embeds (cached)."""
+def bench_training_devices(embedding: EmbeddingAdaptation = DEFAULT_EMBEDDING) -> BenchDevices:
+    """The base model and the training devices ``bench.personalization`` embeds (cached),
+    with the base model run as ``embedding`` says (the product's kind by default)."""
     base = str(default_base_model_path())
     sha = hashlib.sha256(Path(base).read_bytes()).hexdigest()
     bundle = load_bundle(base)
     config = HyperNetworkTrainConfig(
         base_model_path=base, devices=200, clips_per_device=64, val_devices=16,
-        val_clips_per_device=64, threads=1,
+        val_clips_per_device=64, threads=1, embedding=embedding,
     )  # fmt: skip
     cache = Settings().data_dir / "cache" / "bench-personalization"
     key = {"v": CACHE_VERSION, "base": sha, "quick": False, "split": SHIFT_SPLIT}
-    print("training devices (the bench's cache) ...", flush=True)
+    key |= embedding_cache_key(embedding)
+    print(f"training devices (the bench's cache), {embedding.describe()} ...", flush=True)
     train, _ = cached(cache, {**key, "what": "train"}, lambda: collect_devices(config, bundle))
-    return BenchDevices(base, bundle, train, cache, key)
+    adapted = replace(bundle, model=adapted_model(bundle.model, embedding))
+    return BenchDevices(base, adapted, train, cache, key, embedding)
 
 
 def main() -> int:
     torch.set_num_threads(2)
     started = time.perf_counter()
     setup = bench_training_devices()
-    base, bundle, train, cache, key = setup.base, setup.bundle, setup.train, setup.cache, setup.key
+    bundle, train, cache, key = setup.bundle, setup.train, setup.cache, setup.key
     print("validation devices ...", flush=True)
     groups = cached(cache, {**key, "what": "refinement_study"}, lambda: validation_devices(bundle))
     print("H with the server's default settings ...", flush=True)
-    hypernet, _ = fit_hypernetwork(
-        HyperNetworkTrainConfig(base_model_path=base, steps=3000, threads=2), bundle, train
-    )
+    hypernet, _ = fit_hypernetwork(setup.config(steps=3000), bundle, train)
     head = bundle.model.fused_head
     weight = head.weight.detach().double().T.numpy()
     bias = head.bias.detach().double().numpy()

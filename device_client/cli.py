@@ -188,9 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--adapt",
         choices=("none", "leantta", "zo"),
-        default="none",
+        default=None,
         help="test-time adaptation without backprop: none, leantta (per-clip BatchNorm "
-        "statistics) or zo (zeroth-order updates of BatchNorm affine parameters)",
+        "statistics) or zo (zeroth-order updates of BatchNorm affine parameters); default "
+        "none, but leantta with --personalize (the embeddings the HyperNetwork reads; "
+        "--adapt none for an H trained on plain ones)",
     )
     run.add_argument(
         "--adapt-layers", type=int, default=3, choices=range(0, 4), help="conv BNs per stream"
@@ -288,6 +290,13 @@ def _add_personalize(sub) -> None:
     )
     personalize.add_argument(
         "--new-keys", action="store_true", help="replace the device's CKKS keys (e.g. damaged)"
+    )
+    personalize.add_argument(
+        "--adapt",
+        choices=("none", "leantta"),
+        default=None,
+        help="how the base model runs before its embeddings are sent: leantta (the default, "
+        "what the HyperNetwork reads) or none (for an H trained on plain embeddings)",
     )
     personalize.add_argument("--detector", default="energy", help="OOD score for before/after")
     personalize.add_argument("--variant", default="float", help="which downloaded model to use")

@@ -50,6 +50,7 @@ class UploadingTransport:
         encrypted: bytes | None = None,
         plain: list[float] | None = None,
         familiarity_sha256: str = "",
+        embedding_kind: str = "none",
     ) -> PersonalizeReply:
         if self.client is None:
             raise ServerUnreachableError("offline: no connection to the cloud")
@@ -60,7 +61,7 @@ class UploadingTransport:
         def send() -> PersonalizeReply:
             return client.personalize(
                 alpha, indices, encrypted=encrypted, plain=plain,
-                familiarity_sha256=familiarity_sha256,
+                familiarity_sha256=familiarity_sha256, embedding_kind=embedding_kind,
             )  # fmt: skip
 
         try:

@@ -83,6 +83,8 @@ class PersonalizeReply(NamedTuple):
     #: the request said the device already holds it)
     familiarity_sha256: str = ""
     familiarity: bytes = b""
+    #: the embeddings H reads ("" from an older cloud)
+    embedding_kind: str = ""
 
 
 class PersonalizeTransport(Protocol):
@@ -95,6 +97,7 @@ class PersonalizeTransport(Protocol):
         encrypted: bytes | None = None,
         plain: list[float] | None = None,
         familiarity_sha256: str = "",
+        embedding_kind: str = "none",
     ) -> PersonalizeReply: ...
 
 
@@ -350,13 +353,15 @@ class GatewayClient:
         model_name: str = "",
         model_version: int = 0,
         familiarity_sha256: str = "",
+        embedding_kind: str = "none",
     ) -> PersonalizeReply:
         """One Personalize round trip: Enc(z[indices]) (or plain values) up, Θ down.
 
         Pass exactly one of ``encrypted`` (``CKKSVector.serialize()``; its sha256 is
         added here) or ``plain``. The cloud validates everything; refusals arrive as
         :class:`GatewayClientError` with the gRPC code (e.g. INVALID_ARGUMENT).
-        ``familiarity_sha256``: the familiarity reference the device holds (not resent).
+        ``familiarity_sha256``: the familiarity reference the device holds (not resent);
+        ``embedding_kind``: the embeddings sent (:mod:`shared.embedding_adaptation` key).
         """
         if (encrypted is None) == (plain is None):
             raise ValueError("pass exactly one of encrypted= (ciphertext bytes) or plain=")
@@ -366,6 +371,7 @@ class GatewayClient:
             alpha=float(alpha),
             indices=[int(i) for i in indices],
             familiarity_sha256=familiarity_sha256,
+            embedding_kind=embedding_kind,
         )
         if encrypted is not None:
             request.encrypted = bytes(encrypted)
@@ -389,4 +395,5 @@ class GatewayClient:
             bytes_down=response.ByteSize(),
             familiarity_sha256=response.familiarity.sha256,
             familiarity=response.familiarity.reference,
+            embedding_kind=response.embedding_kind,
         )

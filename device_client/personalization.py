@@ -101,6 +101,7 @@ class Personalizer:
         threshold_quantile: float = THRESHOLD_QUANTILE,
         refinement: RefinementSettings | None = DEFAULT_REFINEMENT,
         familiar_ratio: float | None = FAMILIAR_RATIO,
+        embedding_kind: str = "none",
     ) -> None:
         if mode not in ("per_sample", "per_device"):
             raise ValueError(f"mode must be 'per_sample' or 'per_device', got {mode!r}")
@@ -143,6 +144,8 @@ class Personalizer:
         self.familiar_ratio = familiar_ratio
         #: H's training devices' window means, as the cloud last sent them
         self.familiarity: FamiliarityReference | None = None
+        #: the embeddings this device sends (shared.embedding_adaptation key), named per request
+        self.embedding_kind = embedding_kind
         #: the last Θ could not be refreshed because the cloud was unreachable
         self.stale = False
         self.refreshes = 0
@@ -223,16 +226,13 @@ class Personalizer:
         index_list = [int(i) for i in indices]
         alpha = self.selector.alpha
         held = self.familiarity.sha256 if self.familiarity is not None else ""
+        said = {"familiarity_sha256": held, "embedding_kind": self.embedding_kind}
         if self.context is not None:
             ciphertext = encrypt_selected(self.context, z, np.asarray(indices))
-            reply = self.transport.personalize(
-                alpha, index_list, encrypted=ciphertext, familiarity_sha256=held
-            )
+            reply = self.transport.personalize(alpha, index_list, encrypted=ciphertext, **said)
             theta = decrypt_theta(self.context, reply.theta_ciphertexts, self.theta_size)
         else:
-            reply = self.transport.personalize(
-                alpha, index_list, plain=z[indices].tolist(), familiarity_sha256=held
-            )
+            reply = self.transport.personalize(alpha, index_list, plain=z[indices].tolist(), **said)
             theta = np.asarray(reply.theta_plain, dtype=np.float64)
             if theta.shape != (self.theta_size,):
                 raise ValueError(f"cloud sent {theta.size} values, expected {self.theta_size}")

@@ -5,7 +5,7 @@ Modes (``adapt``):
 - ``"none"``: the model as downloaded (float: unchanged, as ``secdood-device run`` always did;
   int8: every BatchNorm folded into its ConvReLU3d).
 - ``"leantta"``: the first ``adapt_layers`` conv BatchNorms *of each stream* become
-  :class:`~device_client.leantta.LeanTTANorm` (stateless, per sample); the rest are folded. On
+  :class:`~shared.models.leantta.LeanTTANorm` (stateless, per sample); the rest are folded. On
   the int8 model the adapted norms read the conv's uint8 output (``integer_stats``).
 - ``"zo"``: unsupervised zeroth-order entropy adaptation of the affine parameters (gamma, beta)
   of the first ``adapt_layers`` conv BatchNorms of each stream (source statistics; the rest
@@ -29,21 +29,19 @@ import torch
 from torch import Tensor, nn
 
 from device_client.bn_baselines import prediction_entropy
-from device_client.leantta import LeanTTANorm, apply_leantta, fold_batchnorm
 from device_client.subspace import SubspaceGradient
 from device_client.zo import ZOAdam, ZOEstimator, zo_minimise
 from shared.data.flow import compute_flow_batch
 from shared.data.tensors import flow_to_tensor, frames_to_tensor
+from shared.embedding_adaptation import EmbeddingAdaptation, adapted_names
 from shared.models.checkpoint import ModelBundle, bundle_from_bytes
 from shared.models.int8 import (
     AUTO_ENGINE,
-    N_BLOCKS,
-    STREAMS,
-    adapted_block_names,
     int8_bundle,
     int8_payload_from_bytes,
     is_int8_artifact,
 )
+from shared.models.leantta import LeanTTANorm, apply_leantta, fold_batchnorm
 from shared.pipeline import DEFAULT_DETECTOR, OODPipeline, Verdicts
 
 ADAPT_MODES = ("none", "leantta", "zo")
@@ -73,15 +71,6 @@ class ZOStreamConfig:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not (self.eps > 0 and self.lr > 0):
             raise ValueError(f"eps and lr must be positive, got {self.eps} and {self.lr}")
-
-
-def adapted_names(adapt_layers: int) -> list[str]:
-    """Float-model BatchNorm names of the first ``adapt_layers`` conv blocks of both streams."""
-    if isinstance(adapt_layers, bool) or not isinstance(adapt_layers, int):
-        raise TypeError(f"adapt_layers must be an int, got {type(adapt_layers).__name__}")
-    if not 0 <= adapt_layers <= N_BLOCKS:
-        raise ValueError(f"adapt_layers must lie in [0, {N_BLOCKS}], got {adapt_layers}")
-    return [name for stream in STREAMS for name in adapted_block_names(stream, adapt_layers)]
 
 
 def load_model(
@@ -250,9 +239,26 @@ class DeviceRuntime:
         int8: bool | None = None,
         engine: str | None = AUTO_ENGINE,
         zo_config: ZOStreamConfig | None = None,
+        tau: float = 0.9,
+        lam: float = 0.9,
     ) -> DeviceRuntime:
-        bundle = load_model(source, adapt, adapt_layers, int8=int8, engine=engine)
+        bundle = load_model(source, adapt, adapt_layers, int8=int8, engine=engine, tau=tau, lam=lam)
         return cls(bundle, adapt, zo_config)
+
+    @classmethod
+    def for_embedding(
+        cls,
+        source: str | Path | bytes,
+        embedding: EmbeddingAdaptation,
+        int8: bool | None = None,
+        engine: str | None = AUTO_ENGINE,
+    ) -> DeviceRuntime:
+        """A runtime whose embeddings are of ``embedding``'s kind (what H reads)."""
+        if embedding.mode == "none":
+            return cls.from_artifact(source, int8=int8, engine=engine)
+        return cls.from_artifact(
+            source, "leantta", embedding.layers, int8, engine, tau=embedding.tau, lam=embedding.lam
+        )
 
     @property
     def is_int8(self) -> bool:

@@ -35,6 +35,7 @@ from server.he_pool import HEWorkerPool
 from server.registry import Registry
 from server.registry.records import ModelRecord
 from shared.channel_importance import channel_count, check_alpha, check_indices
+from shared.embedding_adaptation import PLAIN, EmbeddingAdaptation
 from shared.familiarity import FamiliarityReference
 from shared.hypernet import HyperNetworkConfig, hypernet_from_state, restricted_map
 from shared.model_names import HYPERNETWORK
@@ -66,6 +67,8 @@ class FoldedHyperNet:
     reference: np.ndarray  # [D]: the value an unselected channel stands for
     #: H's training devices' window means, sent to devices with Θ (None: an older H)
     familiarity: FamiliarityReference | None = None
+    #: the embeddings H reads; a request must send this kind
+    embedding: EmbeddingAdaptation = PLAIN
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,8 @@ class PersonalizeQuery:
     plain: np.ndarray | None = None
     model_name: str = DEFAULT_HYPERNET
     model_version: int | None = None
+    #: the embeddings sent, as EmbeddingAdaptation.key ("" = plain, older devices)
+    embedding_kind: str = ""
 
 
 @dataclass(frozen=True)
@@ -141,8 +146,9 @@ class PersonalizationService:
         a, c = model.affine_map()
         reference = model.reference.double().numpy()
         folded = FoldedHyperNet(
-            record, model.config, a.numpy(), c.numpy(), reference, model.familiarity
-        )
+            record, model.config, a.numpy(), c.numpy(), reference, model.familiarity,
+            model.embedding,
+        )  # fmt: skip
         with self._lock:
             self._hypernets[record.artifact_sha256] = folded
         return folded
@@ -205,9 +211,17 @@ class PersonalizationService:
         """Validate ``query`` and compute Θ with H restricted to ``indices`` (encrypted or plain).
 
         Raises ValueError/TypeError (→ INVALID_ARGUMENT) for bad input,
-        MissingContextError when the device has no context, NotFoundError without H.
+        including embeddings of another kind than H reads, MissingContextError when the
+        device has no context, NotFoundError without H.
         """
         hypernet = self.hypernet(query.model_name, query.model_version)
+        sent = EmbeddingAdaptation.from_key(query.embedding_kind)
+        if sent != hypernet.embedding:
+            raise ValueError(
+                f"{hypernet.record.name} v{hypernet.record.version} reads "
+                f"{hypernet.embedding.describe()} embeddings ({hypernet.embedding.key}); this "
+                f"request sent {sent.describe()} ones ({sent.key}): embed with H's kind"
+            )
         d = hypernet.config.embed_dim
         alpha = check_alpha(query.alpha)
         indices = check_indices(query.indices, d)

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from shared.embedding_adaptation import PLAIN, EmbeddingAdaptation
 from shared.familiarity import FamiliarityReference
 from shared.saved_files import check_format
 
@@ -100,6 +101,8 @@ class HyperNetwork(nn.Module):
         self.register_buffer("reference", torch.zeros(d))
         #: the training devices' window means, shipped to devices with Θ (``device`` variant)
         self.familiarity: FamiliarityReference | None = None
+        #: the embeddings H reads (shared.embedding_adaptation); devices must send this kind
+        self.embedding: EmbeddingAdaptation = PLAIN
         if self.config.variant == "device":
             self.register_buffer("head_theta", torch.zeros(d * c + c))
             self.down = nn.Linear(d, self.config.hidden_dim, bias=False)
@@ -270,6 +273,8 @@ def hypernet_state(model: HyperNetwork, base_model_sha256: str = "") -> dict[str
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "base_model_sha256": base_model_sha256,
     }
+    if model.embedding != PLAIN:  # absent: plain, as every H before LeanTTA embeddings
+        state["embedding"] = model.embedding.key
     if model.familiarity is not None:
         state["familiarity"] = {
             "means": torch.from_numpy(np.array(model.familiarity.means, dtype=np.float32)),
@@ -285,6 +290,7 @@ def hypernet_from_state(state: dict[str, Any]) -> HyperNetwork:
     weights = dict(state["state_dict"])
     weights.setdefault("reference", torch.zeros(model.config.embed_dim))  # version 1
     model.load_state_dict(weights)
+    model.embedding = EmbeddingAdaptation.from_key(str(state.get("embedding", "none")))
     familiarity = state.get("familiarity")  # absent before the familiarity gate
     if familiarity is not None:
         model.familiarity = FamiliarityReference(

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from device_client.gateway_client import GatewayClient
 from device_client.state import DeviceIdentity, DeviceState
+from shared.embedding_adaptation import DEFAULT as DEFAULT_EMBEDDING
+from shared.embedding_adaptation import PLAIN, EmbeddingAdaptation
 from shared.model_names import BASE_MODEL
 
 PROG = "secdood-device"
@@ -37,3 +39,16 @@ def model_path(args: argparse.Namespace, state: DeviceState) -> Path:
 
 def model_variant(args) -> str:
     return "int8" if getattr(args, "int8", False) else args.variant
+
+
+def personal_embedding(adapt: str | None) -> EmbeddingAdaptation:
+    """The embeddings a personalising device sends: H's default kind (LeanTTA, so ``None``
+    and ``leantta`` give it), or plain ones with ``--adapt none`` (for an H trained on
+    plain embeddings). Zeroth-order updates would move the embeddings H reads: refused."""
+    if adapt == "zo":
+        raise CliError(
+            "--personalize cannot run with --adapt zo: zeroth-order updates change the "
+            f"embeddings the HyperNetwork reads; use leantta ({DEFAULT_EMBEDDING.describe()}, "
+            "the default) or none"
+        )
+    return PLAIN if adapt == "none" else DEFAULT_EMBEDDING

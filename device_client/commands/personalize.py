@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device_client.commands.common import PROG, CliError, model_path
+from device_client.commands.common import PROG, CliError, model_path, personal_embedding
 from device_client.commands.run import model_key, truth_of
 from device_client.gateway_client import GatewayClient
 from device_client.state import DeviceIdentity, DeviceState
@@ -41,7 +41,8 @@ def personalize(args: argparse.Namespace, state: DeviceState) -> int:
         keyring.new_keys()  # replaces a damaged key file once the cloud has the new public part
     elif settings.encrypted:
         keyring.context()  # loads the keys (a damaged key file fails here) or makes new ones
-    runtime = DeviceRuntime.from_artifact(path, int8=True if args.int8 else None)
+    embedding = personal_embedding(args.adapt)
+    runtime = DeviceRuntime.for_embedding(path, embedding, int8=True if args.int8 else None)
     config = runtime.bundle.config
     frames, truth, where = _personalize_window(args, identity, config)
     before = runtime.score_clips(frames, detector=args.detector)
@@ -55,10 +56,11 @@ def personalize(args: argparse.Namespace, state: DeviceState) -> int:
             identity.device_id,
             config.embed_dim,
             config.num_classes,
-            model_key=model_key(args, state, path),
+            model_key=model_key(args, state, path, embedding),
             settings=settings,
             window=max(len(z), 2),
             reference_energy=reference_energy(runtime.bundle),
+            embedding_kind=embedding.key,
         )
         started = time.perf_counter()
         if settings.mode == "per_device":
@@ -81,7 +83,7 @@ def personalize(args: argparse.Namespace, state: DeviceState) -> int:
         before.features, args.detector, logits=logits.float(), threshold=threshold
     )
 
-    print(f"window: {len(frames)} clips from {where}")
+    print(f"window: {len(frames)} clips from {where}; embeddings: {embedding.describe()}")
     upload = keyring.upload_record() or {}
     if not settings.encrypted:
         print("plaintext mode: the selected channels were sent unencrypted (trusted network)")

@@ -18,9 +18,11 @@ from device_client.commands.common import (
     connect,
     model_path,
     model_variant,
+    personal_embedding,
 )
 from device_client.gateway_client import GatewayClient, ServerUnreachableError
 from device_client.state import DeviceState
+from shared.embedding_adaptation import PLAIN, EmbeddingAdaptation
 
 #: clips scored per forward pass; small enough for a Raspberry Pi's memory
 BATCH_CLIPS = 16
@@ -50,18 +52,21 @@ def run(args: argparse.Namespace, state: DeviceState) -> int:
     if args.detector not in DETECTORS:
         raise CliError(f"unknown detector {args.detector!r}; choose one of {sorted(DETECTORS)}")
     path = model_path(args, state)
-    runtime = DeviceRuntime.from_artifact(
-        path,
-        adapt=args.adapt,
-        adapt_layers=args.adapt_layers,
-        int8=True if args.int8 else None,
-        engine=args.engine,
-    )
+    int8 = True if args.int8 else None
+    if args.personalize:  # the embeddings H reads: LeanTTA unless --adapt none
+        embedding = personal_embedding(args.adapt)
+        runtime = DeviceRuntime.for_embedding(path, embedding, int8=int8, engine=args.engine)
+        args.adapt = embedding.mode
+    else:
+        embedding, args.adapt = PLAIN, args.adapt or "none"
+        runtime = DeviceRuntime.from_artifact(
+            path, adapt=args.adapt, adapt_layers=args.adapt_layers, int8=int8, engine=args.engine
+        )
     config = runtime.bundle.config
     source = ClipSource(args.source, config.n_frames, config.size)
     source.check()  # a missing camera or a bad file fails here, before any output
     truth = truth_of(source)
-    head = _personal_head(args, state, runtime, path) if args.personalize else None
+    head = _personal_head(args, state, runtime, path, embedding) if args.personalize else None
 
     print(f"{'clip':>5}  {'label':<16} {'ood_score':>10}  {'verdict':<8}head")
     flags: list[bool] = []
@@ -74,7 +79,8 @@ def run(args: argparse.Namespace, state: DeviceState) -> int:
         dynamic_ncols=True,
         disable=args.quiet,
     )
-    batch_size = 1 if source.is_camera or args.adapt != "none" else BATCH_CLIPS
+    # LeanTTA is per clip (a batch gives each clip's own result); ZO learns clip by clip
+    batch_size = 1 if source.is_camera or args.adapt == "zo" else BATCH_CLIPS
     try:
         for batch in _batches(iter(source), batch_size):
             start = time.perf_counter()
@@ -204,7 +210,7 @@ def _run_report(args, flags: list[bool], truth, head, mean_ms: float, threshold:
     return report
 
 
-def _personal_head(args, state: DeviceState, runtime, path: Path):
+def _personal_head(args, state: DeviceState, runtime, path: Path, embedding):
     """The personalised head for ``run --personalize`` (cached Θ at once, refreshed by drift),
     guarded by the global head (see :mod:`device_client.head_guard`)."""
     from device_client.head_guard import CONFIDENCE_SLACK, HeadGuard
@@ -223,23 +229,27 @@ def _personal_head(args, state: DeviceState, runtime, path: Path):
         identity.device_id,
         config.embed_dim,
         config.num_classes,
-        model_key=model_key(args, state, path),
+        model_key=model_key(args, state, path, embedding),
         window=args.window,
         min_window=args.window,
         max_age_s=args.theta_max_age,
         reference_energy=reference_energy(runtime.bundle),
+        embedding_kind=embedding.key,
     )
     guard = HeadGuard(fused.weight.detach(), fused.bias.detach(), confidence_slack=CONFIDENCE_SLACK)
     energy_threshold = runtime.bundle.thresholds.get("energy")
     return PersonalHead(personalizer, keyring, guard=guard, energy_threshold=energy_threshold)
 
 
-def model_key(args, state: DeviceState, path: Path) -> str:
-    """Which base model a cached Θ belongs to: name and version when downloaded (float and
-    int8 of one version share their Θ), else the artifact's sha256."""
+def model_key(args, state: DeviceState, path: Path, embedding: EmbeddingAdaptation) -> str:
+    """Which base model, run how, a cached Θ belongs to: name and version when downloaded
+    (float and int8 of one version share their Θ), else the artifact's sha256; then the
+    embedding kind unless plain (so a Θ of plain embeddings is never restored for LeanTTA)."""
     import hashlib
 
     info = None if args.model else state.load_model_info(DEFAULT_MODEL, model_variant(args))
     if info and "version" in info:
-        return f"{info.get('name', DEFAULT_MODEL)} v{info['version']}"
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+        key = f"{info.get('name', DEFAULT_MODEL)} v{info['version']}"
+    else:
+        key = hashlib.sha256(path.read_bytes()).hexdigest()
+    return key if embedding == PLAIN else f"{key} · {embedding.key}"

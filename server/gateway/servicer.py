@@ -195,6 +195,7 @@ class DeviceGatewayServicer(gateway_pb2_grpc.DeviceGatewayServicer):
             plain=np.asarray(request.plain.values) if which == "plain" else None,
             model_name=request.model_name or DEFAULT_HYPERNET,
             model_version=request.model_version or None,
+            embedding_kind=request.embedding_kind,
         )
         answer = self._personalization.personalize(current_device().id, query)
         hypernet = answer.hypernet
@@ -206,6 +207,7 @@ class DeviceGatewayServicer(gateway_pb2_grpc.DeviceGatewayServicer):
             num_classes=hypernet.config.num_classes,
             theta_ciphertexts=answer.theta_ciphertexts,
             he_seconds=answer.he_seconds,
+            embedding_kind=hypernet.embedding.key,
         )
         if answer.theta_plain is not None:
             response.theta_plain.values.extend(answer.theta_plain.tolist())

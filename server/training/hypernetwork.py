@@ -8,7 +8,9 @@ Top to bottom:
 2. embed the training devices — the clean camera, the classic severity-5 devices and
    ``devices`` compositions drawn by the generator from the *train* split of
    :mod:`shared.data.device_shifts` — and ``val_devices`` drawn from the *validation*
-   split (:mod:`server.training.device_embeddings`);
+   split (:mod:`server.training.device_embeddings`), with the base model run as
+   ``embedding`` says (LeanTTA by default: H reads what a personalising device sends,
+   :mod:`shared.embedding_adaptation`);
 3. per device, ``WINDOWS_PER_DEVICE`` random windows of ``window`` clips: each gives a
    description (the window mean u) and a channel ranking (SecDOOD importance), from
    which a mask is drawn the way a device draws it (top-α at α ∈ ``alphas``, or with
@@ -47,6 +49,8 @@ from server.training.device_embeddings import (
 from shared.channel_importance import channel_count, channel_importance, check_alpha
 from shared.data.device_shifts import evaluation_profiles
 from shared.data.digit_actions import DigitActionsConfig, load_split
+from shared.embedding_adaptation import DEFAULT as DEFAULT_EMBEDDING
+from shared.embedding_adaptation import EmbeddingAdaptation, adapted_model
 from shared.familiarity import familiarity_reference
 from shared.hypernet import (
     HyperNetwork,
@@ -99,6 +103,8 @@ class HyperNetworkTrainConfig(BaseModel):
     seed: int = 0
     data_seed: int = 0
     threads: int = Field(2, gt=0, le=256)
+    #: the embeddings H is trained on and devices must send (shared.embedding_adaptation)
+    embedding: EmbeddingAdaptation = DEFAULT_EMBEDDING
 
     @field_validator("alphas")
     @classmethod
@@ -166,8 +172,9 @@ def collect_devices(
     """Embed the training devices (train clips) and validation devices (val clips)."""
     data = DigitActionsConfig(seed=config.data_seed)
     profiles = training_profiles(config.devices, config.classic_devices, config.data_seed)
+    model = adapted_model(bundle.model, config.embedding)
     train = embed_devices(
-        bundle.model,
+        model,
         load_split("train", data),
         profiles,
         config.clips_per_device,
@@ -179,7 +186,7 @@ def collect_devices(
     if config.val_devices:
         val_profiles = evaluation_profiles("val", config.val_devices, seed=config.data_seed)
         val = embed_devices(
-            bundle.model,
+            model,
             load_split("val", data),
             val_profiles,
             config.val_clips_per_device,
@@ -307,6 +314,7 @@ def fit_hypernetwork(
     rng = np.random.default_rng(config.seed)
     means, positions = device_windows(train.z, config.window, WINDOWS_PER_DEVICE, rng)
     model = new_hypernetwork(config, bundle)
+    model.embedding = config.embedding  # ``train`` must hold embeddings of this kind
     if config.variant == "device":
         model.set_reference(means.mean((0, 1)))
         # what the device measures its own window mean against (shared.familiarity)

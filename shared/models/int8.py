@@ -238,7 +238,7 @@ class Int8Block(nn.Module):
 
     Fused (``norm is None``): ``ConvReLU3d`` with the BN folded in, uint8 out. Adapted: int8
     ``Conv3d`` whose uint8 output (calibrated pre-BN range) goes to ``norm`` — e.g. a
-    :class:`~device_client.leantta.LeanTTANorm`, which reads the integer representation — then
+    :class:`~shared.models.leantta.LeanTTANorm`, which reads the integer representation — then
     float ReLU and requantisation to the block's post-ReLU range.
     """
 

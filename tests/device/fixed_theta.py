@@ -31,7 +31,13 @@ class FixedTheta:
         self.theta = torch.cat([weight.T.reshape(-1), bias]).double().tolist()
 
     def personalize(
-        self, alpha, indices, encrypted=None, plain=None, familiarity_sha256=""
+        self,
+        alpha,
+        indices,
+        encrypted=None,
+        plain=None,
+        familiarity_sha256="",
+        embedding_kind="none",
     ) -> PersonalizeReply:
         return PersonalizeReply([], self.theta, "hypernetwork", 3, "ab" * 32, D, C, 0.0, 1, 1)
 

@@ -175,7 +175,13 @@ class FixedTheta:
         self.theta, self.reachable, self.calls = theta, reachable, 0
 
     def personalize(
-        self, alpha, indices, encrypted=None, plain=None, familiarity_sha256=""
+        self,
+        alpha,
+        indices,
+        encrypted=None,
+        plain=None,
+        familiarity_sha256="",
+        embedding_kind="none",
     ) -> PersonalizeReply:
         self.calls += 1
         if not self.reachable:
@@ -336,7 +342,13 @@ class FamiliarCloud(FixedTheta):
         self.reference, self.data, self.held = reference, data, []
 
     def personalize(
-        self, alpha, indices, encrypted=None, plain=None, familiarity_sha256=""
+        self,
+        alpha,
+        indices,
+        encrypted=None,
+        plain=None,
+        familiarity_sha256="",
+        embedding_kind="none",
     ) -> PersonalizeReply:
         self.held.append(familiarity_sha256)
         reply = super().personalize(alpha, indices, plain=plain)

@@ -10,7 +10,6 @@ import torch
 import torch.ao.nn.intrinsic.quantized  # noqa: F401  (for the isinstance check)
 from support import make_tiny_bundle
 
-from device_client.leantta import LeanTTANorm
 from device_client.runtime import load_model
 from server.export import int8_payload
 from shared.models.checkpoint import bundle_to_bytes
@@ -25,6 +24,7 @@ from shared.models.int8 import (
     is_int8_artifact,
     quantize_weight_per_channel,
 )
+from shared.models.leantta import LeanTTANorm
 
 ENGINES = [
     e for e in ("qnnpack", "x86", "fbgemm") if e in torch.backends.quantized.supported_engines

@@ -32,7 +32,13 @@ class RecordingClient:
         return UploadReceipt("0" * 64, len(data))
 
     def personalize(
-        self, alpha, indices, encrypted=None, plain=None, familiarity_sha256=""
+        self,
+        alpha,
+        indices,
+        encrypted=None,
+        plain=None,
+        familiarity_sha256="",
+        embedding_kind="none",
     ) -> PersonalizeReply:
         self.calls.append("personalize")
         if self.errors:

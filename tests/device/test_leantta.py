@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from device_client.bn_baselines import bn_adapt, no_adaptation
-from device_client.leantta import (
+from shared.models.leantta import (
     LeanTTANorm,
     apply_leantta,
     batchnorm_names,

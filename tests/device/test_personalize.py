@@ -30,6 +30,8 @@ from device_client.state import DeviceState
 from server.gateway import build_grpc_server
 from server.settings import Settings
 from shared.data.video_io import iter_clips, write_video
+from shared.embedding_adaptation import DEFAULT as DEFAULT_EMBEDDING
+from shared.embedding_adaptation import adapted_model
 from shared.hypernet import hypernet_state, personalised_logits
 from shared.model_names import BASE_MODEL, HYPERNETWORK
 from shared.models.checkpoint import load_bundle
@@ -73,7 +75,9 @@ def small_keys(monkeypatch):
 
 @pytest.fixture
 def hypernet():
-    return make_hypernet(D, C, seed=4)
+    hypernet = make_hypernet(D, C, seed=4)
+    hypernet.embedding = DEFAULT_EMBEDDING  # as the server's H job trains it
+    return hypernet
 
 
 def register_hypernet(registry, hypernet) -> None:
@@ -131,6 +135,7 @@ def test_personalize_then_score_offline_from_the_cache_and_recover(
     out = capsys.readouterr().out
     assert "before (global head)" in out and "after (personalised)" in out
     assert f"theta: {HYPERNETWORK} v1" in out and "uploaded now" in out
+    assert f"embeddings: {DEFAULT_EMBEDDING.describe()}" in out  # what H was trained on
     # 20 clips are too few to refine Θ on (device_client.head_refinement.MIN_WINDOW)
     assert f"refinement: not yet (20 window clips, needs {MIN_WINDOW})" in out
     keyring = DeviceKeyring(state)
@@ -141,6 +146,7 @@ def test_personalize_then_score_offline_from_the_cache_and_recover(
 
     # The cached Θ is H on the importance-selected channels of the window mean.
     bundle = load_bundle(state.model_path(BASE_MODEL, "float"))
+    bundle.model = adapted_model(bundle.model, DEFAULT_EMBEDDING)  # what the device sends
     clips = np.stack(list(iter_clips(video, n_frames=8, size=32)))
     z = OODPipeline(bundle).embed_clips(clips).double().numpy()
     indices = select_channels(z, 0.25)
@@ -293,8 +299,9 @@ def test_the_secret_key_never_leaves_the_device(
         enrolment = client.enroll(KEY, "cam")
         keyring = DeviceKeyring(state)
         personalizer = keyring.personalizer(
-            client, gateway.target, enrolment.device_id, D, C, model_key="tiny"
-        )
+            client, gateway.target, enrolment.device_id, D, C, model_key="tiny",
+            embedding_kind=hypernet.embedding.key,
+        )  # fmt: skip
         z = np.random.default_rng(1).uniform(0, 2, size=(32, D))
         personalizer.logits(z)  # first refresh: FAILED_PRECONDITION → upload → retry
         client.report_telemetry(32, 3, 1.0, 8.0)
@@ -353,6 +360,12 @@ def test_bad_personalize_calls_are_clear_and_change_nothing(
     register_hypernet(registry, hypernet)
     assert main(argv) == 0
     capsys.readouterr()
+    # embeddings of another kind than H reads: refused by the cloud, said plainly, nothing lost
+    before = device_files(state)
+    expect_error([*argv, "--adapt", "none"], capsys, "reads LeanTTA")
+    run = ["run", "--source", str(video), "--personalize", "--quiet"]
+    expect_error([*run, "--adapt", "zo"], capsys, "cannot run with --adapt zo")
+    assert device_files(state) == before
     keyring = DeviceKeyring(state)
     keyring.secret_path.write_bytes(b"\x00garbage" * 100)
     before = device_files(state)

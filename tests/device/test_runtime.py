@@ -7,7 +7,6 @@ import pytest
 import torch
 from support import make_tiny_bundle
 
-from device_client.leantta import LeanTTANorm, apply_leantta
 from device_client.runtime import (
     DeviceRuntime,
     OnlineZOAdapter,
@@ -19,6 +18,7 @@ from device_client.runtime import (
 from server.export import int8_payload
 from shared.models.checkpoint import bundle_to_bytes
 from shared.models.int8 import int8_payload_to_bytes
+from shared.models.leantta import LeanTTANorm, apply_leantta
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from server.gateway import build_grpc_server
 from server.gateway.auth import TOKEN_METADATA
 from server.registry import open_registry
 from server.settings import Settings
+from shared.embedding_adaptation import EmbeddingAdaptation
 from shared.familiarity import FamiliarityReference, familiarity_reference
 from shared.he import encrypt_selected, load_public_context, public_context_bytes
 from shared.hypernet import hypernet_state, personalised_logits
@@ -204,5 +205,37 @@ def test_the_familiarity_reference_travels_once(tmp_path):
             assert device.familiarity is not None and device.familiarity.sha256 == sha
             device.refresh("test")
             assert device.familiarity is not None and device.stats.requests == 2
+    finally:
+        next(serving, None)
+
+
+def test_requests_must_send_the_embeddings_h_reads(tmp_path):
+    hypernet = make_hypernet(D, C, seed=6)
+    hypernet.embedding = EmbeddingAdaptation(mode="leantta", layers=2, tau=0.5, lam=0.0)
+    serving = _serve(tmp_path, hypernet)
+    registry, target = next(serving)
+    try:
+        with GatewayClient(target) as client:
+            client.enroll(KEY, "cam")
+            before = _state(registry)
+            for sent in ("", "none", "leantta:3:0.5:0"):  # plain (older devices) or another kind
+                with pytest.raises(GatewayClientError, match="INVALID_ARGUMENT") as refused:
+                    client.personalize(0.5, [0, 2, 4, 6], plain=[0.1] * 4, embedding_kind=sent)
+                assert "leantta:2:0.5:0" in str(refused.value)  # says which kind H reads
+            with pytest.raises(GatewayClientError, match="INVALID_ARGUMENT"):
+                client.personalize(0.5, [0, 2, 4, 6], plain=[0.1] * 4, embedding_kind="leantta:x")
+            assert _state(registry) == before
+            reply = client.personalize(
+                0.5, [0, 2, 4, 6], plain=[0.1] * 4, embedding_kind=hypernet.embedding.key
+            )
+            assert reply.embedding_kind == "leantta:2:0.5:0" and len(reply.theta_plain) == D * C + C
+            # the device's Personalizer names its kind in every request
+            device = Personalizer(
+                client, D, C, None, alpha=0.5, window=16, min_window=2,
+                embedding_kind=hypernet.embedding.key,
+            )  # fmt: skip
+            device.observe(np.random.default_rng(1).uniform(0, 2, size=(8, D)))
+            device.refresh("test")
+            assert device.stats.requests == 1
     finally:
         next(serving, None)

@@ -118,3 +118,33 @@ def test_every_device_gets_its_own_clips_and_labels():
     devices = embed_devices(bundle.model, clips, profiles, per_device=5, seed=0)
     assert devices.z.shape == (4, 5, bundle.config.embed_dim) and devices.y.shape == (4, 5)
     assert set(devices.y.flatten().tolist()) <= set(clips.labels.tolist())
+
+
+def test_h_is_trained_on_and_records_the_embeddings_devices_send(monkeypatch):
+    import server.training.hypernetwork as job
+    from shared.embedding_adaptation import DEFAULT, PLAIN
+    from shared.models.leantta import LeanTTANorm
+
+    assert HyperNetworkTrainConfig().embedding == DEFAULT  # the product's kind
+    bundle = make_tiny_bundle()
+    models = []
+
+    def embed(model, clips, profiles, per_device, **_):
+        models.append(model)
+        return _synthetic_devices(bundle, len(profiles), per_device, seed=0)
+
+    monkeypatch.setattr(job, "embed_devices", embed)
+    monkeypatch.setattr(job, "load_split", lambda split, data: None)
+    for embedding, adapted in ((DEFAULT, True), (PLAIN, False)):
+        models.clear()
+        config = HyperNetworkTrainConfig(
+            devices=4, classic_devices=1, clips_per_device=32, val_devices=2,
+            val_clips_per_device=32, steps=5, window=16, threads=1, embedding=embedding,
+        )  # fmt: skip
+        train, val = job.collect_devices(config, bundle)
+        assert len(models) == 2  # training and validation devices, embedded the same way
+        for model in models:
+            swapped = any(isinstance(m, LeanTTANorm) for m in model.modules())
+            assert swapped == adapted and (model is bundle.model) != adapted
+        hypernet, _ = fit_hypernetwork(config, bundle, train, val)
+        assert hypernet.embedding == embedding
