@@ -50,7 +50,7 @@ import argparse
 import itertools
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -81,6 +81,7 @@ from shared.data.clipset import ClipSet
 from shared.data.corruptions import corrupt_clipset
 from shared.data.device_shifts import evaluation_profiles, shift_clipset
 from shared.data.digit_actions import DigitActionsConfig, load_split
+from shared.embedding_adaptation import adapted_model
 from shared.hypernet import personalised_logits
 from shared.model_names import HYPERNETWORK
 from shared.ood.energy import energy
@@ -106,17 +107,20 @@ VAL_OOD_DATA = DigitActionsConfig(seed=1, ood_per_action=40, far_count=160)
 
 
 class LocalCloud:
-    """The cloud's PersonalizationService in this process, answering plaintext requests."""
+    """The cloud's PersonalizationService in this process, answering plaintext requests of
+    embeddings of ``embedding_kind`` (this bench embeds its devices the way H reads)."""
 
-    def __init__(self, service: PersonalizationService) -> None:
+    def __init__(self, service: PersonalizationService, embedding_kind: str) -> None:
         self.service = service
+        self.embedding_kind = embedding_kind
 
     def personalize(
-        self, alpha, indices, encrypted=None, plain=None, familiarity_sha256=""
+        self, alpha, indices, encrypted=None, plain=None, familiarity_sha256="", **_
     ) -> PersonalizeReply:
-        answer = self.service.personalize(
-            "validation-device", PersonalizeQuery(alpha, indices, plain=np.asarray(plain))
+        query = PersonalizeQuery(
+            alpha, indices, plain=np.asarray(plain), embedding_kind=self.embedding_kind
         )
+        answer = self.service.personalize("validation-device", query)
         record, config = answer.hypernet.record, answer.hypernet.config
         return PersonalizeReply(
             [], answer.theta_plain.tolist(), record.name, record.version,
@@ -508,7 +512,10 @@ def main(argv: list[str] | None = None) -> int:
     _, bundle = load_registered_bundle(settings)
     count = 4 if args.quick else args.devices
     with open_registry(settings.database_url, settings.data_dir) as registry:
-        cloud = LocalCloud(PersonalizationService(registry))
+        service = PersonalizationService(registry)
+        embedding = service.hypernet(HYPERNETWORK, None).embedding
+        bundle = replace(bundle, model=adapted_model(bundle.model, embedding))
+        cloud = LocalCloud(service, embedding.key)
         hypernet = registry.get_model(HYPERNETWORK)
         print(f"{HYPERNETWORK} v{hypernet.version}; embedding {count} validation devices ...")
         devices = validation_devices(bundle, count)
