@@ -5,12 +5,10 @@ Top to bottom:
 1. load the frozen base model (``base_model_path``, else the latest registered
    ``secdood_base`` — the job runner passes trainers with ``needs_registry = True``
    its registry as ``train(..., registry=...)``);
-2. embed the training devices — the clean camera, the classic severity-5 devices and
-   ``devices`` compositions drawn by the generator from the *train* split of
-   :mod:`shared.data.device_shifts` — and ``val_devices`` drawn from the *validation*
-   split (:mod:`server.training.device_embeddings`), with the base model run as
-   ``embedding`` says (LeanTTA by default: H reads what a personalising device sends,
-   :mod:`shared.embedding_adaptation`);
+2. embed, with the base model run as ``embedding`` says (LeanTTA by default: what a
+   personalising device sends, :mod:`shared.embedding_adaptation`), the training devices
+   — clean, the classic severity-5 devices, ``devices`` drawn from the *train* split of
+   :mod:`shared.data.device_shifts` — and ``val_devices`` from the *validation* split;
 3. per device, ``WINDOWS_PER_DEVICE`` random windows of ``window`` clips: each gives a
    description (the window mean u) and a channel ranking (SecDOOD importance), from
    which a mask is drawn the way a device draws it (top-α at α ∈ ``alphas``, or with
@@ -103,8 +101,7 @@ class HyperNetworkTrainConfig(BaseModel):
     seed: int = 0
     data_seed: int = 0
     threads: int = Field(2, gt=0, le=256)
-    #: the embeddings H is trained on and devices must send (shared.embedding_adaptation)
-    embedding: EmbeddingAdaptation = DEFAULT_EMBEDDING
+    embedding: EmbeddingAdaptation = DEFAULT_EMBEDDING  # what H reads and devices send
 
     @field_validator("alphas")
     @classmethod
@@ -368,9 +365,8 @@ def train_hypernetwork(
     train, val = collect_devices(config, bundle, progress)
     model, metrics = fit_hypernetwork(config, bundle, train, val, progress)
     metrics["train_seconds"] = round(time.perf_counter() - started, 2)
-    progress(
-        1.0, f"done: val accuracy {metrics.get('val_accuracy_personalised', float('nan')):.3f}"
-    )
+    accuracy = metrics.get("val_accuracy_personalised", float("nan"))
+    progress(1.0, f"done: val accuracy {accuracy:.3f}")
     return model, metrics
 
 
