@@ -372,6 +372,7 @@ def he_costs(hypernet: FoldedH, devices, requests: int, alphas) -> dict[str, dic
                     hypernet.classes,
                     model_key="bench",
                     settings=PersonalizationSettings(alpha, "per_sample"),
+                    embedding_kind=hypernet.model.embedding.key,  # the devices' embeddings
                 )
                 seconds, ups, downs, diffs = [], [], [], []
                 for i in range(requests):
